@@ -1,0 +1,1 @@
+"""HTTP front protocols, header rules and the proxied exchange."""

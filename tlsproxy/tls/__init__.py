@@ -1,0 +1,1 @@
+"""TLS: policy, certificate store and the local development CA."""
