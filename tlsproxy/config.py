@@ -1,0 +1,232 @@
+"""The frozen, fully validated configuration: every user error is found here, once, with the fix.
+
+Nothing after this module reads options, files named by options, or the environment: the
+certificate is loaded (or the development one made) here too, so a bad file stops startup
+before anything listens.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from tlsproxy.backend import BackendAddress
+from tlsproxy.http.headers import IPNetwork
+from tlsproxy.tls.certstore import CertificateError, LoadedCertificate, load_certificate
+from tlsproxy.tls.devca import DevCertificates, ensure_dev_certificates
+
+DEFAULT_PORT = 8443
+DEFAULT_INTERFACES = ("127.0.0.1", "::1")
+_LISTEN_KINDS = ("tcp", "tcp6", "unix", "systemd")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?\.)*[a-z0-9_]"
+                       r"([a-z0-9-]{0,61}[a-z0-9])?\.?$", re.IGNORECASE)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the flag and the fix, in one line."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    backend_timeout: float = 60.0
+    connect_timeout: float = 5.0
+    max_header_bytes: int = 64 * 1024
+    max_connections: int = 10_000
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A Twisted plain endpoint description; tlsproxy adds TLS around it."""
+
+    description: str
+    optional: bool = False  # the default ::1 listener: a host without IPv6 only gets a warning
+
+
+@dataclass(frozen=True)
+class Config:
+    backend: BackendAddress
+    listeners: tuple[Listener, ...]
+    certificate: LoadedCertificate
+    dev_certificates: DevCertificates | None
+    limits: Limits
+    access_log: str | None
+    trusted_proxies: tuple[IPNetwork, ...]
+
+
+def parse_backend(url: str) -> BackendAddress:
+    """``http://host:port[/prefix]`` → :class:`BackendAddress`."""
+    example = "e.g. --backend http://127.0.0.1:8000"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ConfigError(f"--backend {url!r} is not a valid URL ({e}); {example}") from None
+    if parts.scheme != "http":
+        raise ConfigError(
+            f"--backend {url!r}: the backend must be a plain http:// URL "
+            f"(tlsproxy adds the TLS); {example}"
+        )
+    if not parts.hostname:
+        raise ConfigError(f"--backend {url!r} has no host; {example}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(
+            f"--backend {url!r}: only scheme, host, port and a path prefix are allowed; {example}"
+        )
+    return BackendAddress(
+        url=url,
+        host=parts.hostname,
+        port=port or 80,
+        path_prefix=parts.path.rstrip("/").encode("ascii", "strict"),
+    )
+
+
+def _positive(options: Mapping[str, Any], name: str, *, integer: bool = False) -> Any:
+    raw = options[name.replace("-", "_")]
+    try:
+        value = int(raw) if integer else float(raw)
+    except (TypeError, ValueError):
+        kind = "a whole number" if integer else "a number of seconds"
+        raise ConfigError(f"--{name} {raw!r} is not {kind}") from None
+    if value <= 0 or (not integer and not math.isfinite(value)):
+        raise ConfigError(f"--{name} must be greater than 0 (got {raw})")
+    return value
+
+
+def _listeners(options: Mapping[str, Any]) -> tuple[Listener, ...]:
+    listen: Sequence[str] = options["listen"]
+    if listen:
+        for description in listen:
+            kind = description.split(":", 1)[0].lower()
+            if kind in ("ssl", "tls", "le", "lets"):
+                raise ConfigError(
+                    f"--listen {description!r}: give a plain endpoint such as tcp:8443; "
+                    "tlsproxy wraps it in TLS itself"
+                )
+            if kind not in _LISTEN_KINDS:
+                raise ConfigError(
+                    f"--listen {description!r}: unknown endpoint type {kind!r}; use one of "
+                    + ", ".join(f"{k}:" for k in _LISTEN_KINDS)
+                )
+        return tuple(Listener(d) for d in listen)
+    try:
+        port = int(options["port"])
+    except ValueError:
+        raise ConfigError(f"--port {options['port']!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port} is out of range; use 1-65535")
+    interfaces: Sequence[str] = options["interface"] or DEFAULT_INTERFACES
+    listeners = []
+    for interface in interfaces:
+        try:
+            ip = ipaddress.ip_address(interface)
+        except ValueError:
+            raise ConfigError(
+                f"--interface {interface!r} is not an IP address; e.g. --interface 127.0.0.1 "
+                "(or 0.0.0.0 for every IPv4 interface)"
+            ) from None
+        escaped = str(ip).replace(":", r"\:")
+        kind = "tcp6" if ip.version == 6 else "tcp"
+        listeners.append(
+            Listener(f"{kind}:{port}:interface={escaped}", optional=not options["interface"])
+        )
+    return tuple(listeners)
+
+
+def _hostnames(values: Sequence[str]) -> tuple[str, ...]:
+    names = []
+    for value in values:
+        try:
+            names.append(str(ipaddress.ip_address(value)))
+        except ValueError:
+            if not _HOSTNAME.match(value):
+                raise ConfigError(
+                    f"--hostname {value!r} is neither a DNS name nor an IP address"
+                ) from None
+            names.append(value.lower().rstrip("."))
+    return tuple(dict.fromkeys(names))
+
+
+def _trusted(values: Sequence[str]) -> tuple[IPNetwork, ...]:
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"--trusted-proxy {value!r} is not an address or CIDR range, "
+                "e.g. --trusted-proxy 10.0.0.0/8"
+            ) from None
+    return tuple(networks)
+
+
+def _certificate(
+    options: Mapping[str, Any], hostnames: tuple[str, ...], *, now: datetime
+) -> tuple[LoadedCertificate, DevCertificates | None]:
+    cert, key = options["cert"], options["key"]
+    passphrase_file = options["key_passphrase_file"]
+    passphrase = None
+    if passphrase_file is not None:
+        try:
+            passphrase = Path(passphrase_file).read_bytes().rstrip(b"\r\n")
+        except OSError as e:
+            raise ConfigError(
+                f"--key-passphrase-file {passphrase_file}: cannot read it ({e.strerror})"
+            ) from None
+    if key is not None and cert is None:
+        raise ConfigError("--key needs --cert too (or give neither for a development certificate)")
+    try:
+        if cert is not None:
+            loaded = load_certificate(
+                Path(cert), Path(key) if key else None, passphrase=passphrase, now=now
+            )
+            return loaded, None
+        dev = ensure_dev_certificates(Path(options["certs_dir"]), hostnames, now=now)
+        return load_certificate(dev.cert_path, dev.key_path, now=now), dev
+    except CertificateError as e:
+        raise ConfigError(str(e)) from None
+
+
+def build_config(options: Mapping[str, Any], *, now: datetime) -> Config:
+    """Validate parsed command-line options; raise :class:`ConfigError` on the first problem."""
+    if not options["backend"]:
+        raise ConfigError(
+            "--backend is required: the URL of your plain-HTTP app, "
+            "e.g. --backend http://127.0.0.1:8000"
+        )
+    backend = parse_backend(options["backend"])
+    limits = Limits(
+        header_timeout=_positive(options, "header-timeout"),
+        idle_timeout=_positive(options, "idle-timeout"),
+        backend_timeout=_positive(options, "backend-timeout"),
+        connect_timeout=_positive(options, "connect-timeout"),
+        max_header_bytes=_positive(options, "max-header-bytes", integer=True),
+        max_connections=_positive(options, "max-connections", integer=True),
+    )
+    if limits.max_header_bytes < 1024:
+        raise ConfigError("--max-header-bytes below 1024 would refuse ordinary browser requests")
+    listeners = _listeners(options)
+    trusted = _trusted(options["trusted_proxy"])
+    access_log = options["access_log"]
+    if access_log not in (None, "-") and not Path(access_log).parent.is_dir():
+        raise ConfigError(
+            f"--access-log {access_log}: the directory {Path(access_log).parent} does not exist"
+        )
+    certificate, dev = _certificate(options, _hostnames(options["hostname"]), now=now)
+    return Config(
+        backend=backend,
+        listeners=listeners,
+        certificate=certificate,
+        dev_certificates=dev,
+        limits=limits,
+        access_log=access_log,
+        trusted_proxies=trusted,
+    )

@@ -1,0 +1,413 @@
+"""The HTTP/1.1 front: bytes from a TLS client become exchanges, exchanges become response bytes.
+
+Rules:
+
+1. Requests are answered in order. A request that arrives while the previous one is still being
+   answered (pipelining) is held, parsed but not started, and the connection stops reading until
+   its turn comes, so a pipelining client costs at most one read's worth of memory.
+2. Every response is framed so that the client can tell where it ends: ``Content-Length`` as the
+   backend sent it, else chunked, else (HTTP/1.0 clients) the connection closes after it.
+3. A request that is rejected gets its status and ``Connection: close``, and nothing of it reaches
+   the backend. After a response that ends before its request did, the connection closes too.
+4. One deadline per connection, whose meaning follows the phase: ``--header-timeout`` while a
+   request head is arriving (and during the TLS handshake), ``--idle-timeout`` between requests,
+   ``--backend-timeout`` without progress while an exchange runs.
+5. All writes of one backend read leave in one TLS write (``flush``): TLS records cost per write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httptools
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from tlsproxy.accesslog import AccessLog
+from tlsproxy.backend import BackendPool
+from tlsproxy.deadline import NEVER, DeadlineSweeper
+from tlsproxy.http.exchange import Exchange, trailer_lines
+from tlsproxy.http.headers import (
+    ClientInfo,
+    Header,
+    HeadRejected,
+    IPNetwork,
+    ResponseHead,
+    check_request_head,
+)
+from tlsproxy.http.pages import error_response
+
+log = Logger()
+
+IDLE, HEAD, BODY, READ = range(4)  # what the connection is reading now
+MAX_HEADERS = 256
+MAX_URI_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class FrontSettings:
+    """What every front connection shares, fixed at startup."""
+
+    pool: BackendPool
+    sweeper: DeadlineSweeper
+    trusted_proxies: tuple[IPNetwork, ...]
+    header_timeout: float
+    idle_timeout: float
+    backend_timeout: float
+    max_header_bytes: int
+    path_prefix: bytes
+    access_log: AccessLog | None
+
+
+class H1Connection(Protocol):
+    """One client connection speaking HTTP/1.1 (or 1.0) over TLS."""
+
+    def __init__(self, settings: FrontSettings, on_close: Callable[[H1Connection], None]) -> None:
+        self._settings = settings
+        self._on_close = on_close
+        self._parser = httptools.HttpRequestParser(self)
+        self._phase = IDLE
+        self._url = b""
+        self._headers: list[Header] = []
+        self._trailers: list[Header] = []
+        self._head_bytes = 0
+        self._exchange: Exchange | None = None
+        self._queued: list[tuple[Callable[..., None], tuple[Any, ...]]] | None = None
+        self._holds: set[str] = set()
+        self._out: list[bytes] = []
+        self._keep_alive = True
+        self._http10 = False
+        self._method = b""
+        self._response_chunked = False
+        self._close_after = False
+        self._closing = False
+        self._response_bytes = 0
+        self._upgrade_data: bytes | None = None
+        self.write_paused = False
+        self.deadline = NEVER
+        self.client: ClientInfo | None = None
+
+    # -- Twisted ---------------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        peer, host = transport.getPeer(), transport.getHost()
+        self.client = ClientInfo.for_peer(
+            getattr(peer, "host", ""), getattr(host, "port", 0), self._settings.trusted_proxies
+        )
+        transport.registerProducer(self, True)
+        sweeper = self._settings.sweeper
+        self.deadline = sweeper.seconds() + self._settings.header_timeout
+        sweeper.track(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            rejected = e.__context__
+            if not isinstance(rejected, HeadRejected):
+                raise
+            self._reject(rejected.status, rejected.reason)
+            return
+        except httptools.HttpParserUpgrade as e:
+            # The request asked to switch protocols; what follows it is not HTTP/1.1 for us.
+            self._upgrade_data = data[e.args[0] :]
+            self.hold_reading("upgrade")
+        except httptools.HttpParserError as e:
+            self._reject(400, str(e) or "malformed request")
+            return
+        if self._phase == HEAD:
+            self._head_bytes += len(data)
+            if self._head_bytes > self._settings.max_header_bytes:
+                self._reject(431, "request head larger than --max-header-bytes")
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._closing = True
+        self._settings.sweeper.untrack(self)
+        self._queued = None
+        exchange = self._exchange
+        if exchange is not None:
+            self._exchange = None
+            exchange.front_lost()
+        self._on_close(self)
+
+    # IPushProducer, registered on our own transport: the client is slow to read the response.
+    def pauseProducing(self) -> None:
+        self.write_paused = True
+        self.deadline = self._settings.sweeper.seconds() + self._settings.idle_timeout
+        if self._exchange is not None:
+            self._exchange.pause_response()
+
+    def resumeProducing(self) -> None:
+        self.write_paused = False
+        self._progress()
+        if self._exchange is not None:
+            self._exchange.resume_response()
+
+    def stopProducing(self) -> None:
+        pass
+
+    def deadline_passed(self, now: float) -> None:
+        self.deadline = NEVER
+        if self._exchange is not None and not self.write_paused:
+            self._exchange.timed_out()
+        elif self._phase == HEAD:
+            self._reject(408, "request head not received within --header-timeout")
+        else:  # idle keep-alive, or a client that stopped reading its response
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    # -- reading: httptools callbacks ------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._exchange is not None or self._queued is not None:
+            self._queue(self.on_message_begin, ())
+            return
+        self._phase = HEAD
+        self._url = b""
+        self._headers = []
+        self._trailers = []
+        self._head_bytes = 0
+        self.deadline = self._settings.sweeper.seconds() + self._settings.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        if self._queued is not None:
+            self._queue(self.on_url, (url,))
+            return
+        self._url += url
+        if len(self._url) > MAX_URI_BYTES:
+            raise HeadRejected(414, "request target longer than 16 KiB")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._queued is not None:
+            self._queue(self.on_header, (name, value))
+        elif self._phase == HEAD:
+            self._headers.append((name, value))
+            if len(self._headers) > MAX_HEADERS:
+                raise HeadRejected(431, f"more than {MAX_HEADERS} header fields")
+        else:
+            self._trailers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self._queued is not None:
+            self._queue(self.on_headers_complete, ())
+            return
+        parser = self._parser
+        settings = self._settings
+        size = len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers)
+        if size > settings.max_header_bytes:
+            raise HeadRejected(431, "request head larger than --max-header-bytes")
+        method = parser.get_method()
+        if method == b"CONNECT":
+            raise HeadRejected(405, "CONNECT is for forward proxies; this is a reverse proxy")
+        self._http10 = parser.get_http_version() == "1.0"
+        assert self.client is not None
+        head = check_request_head(self._headers, self.client, http10=self._http10)
+        self._keep_alive = parser.should_keep_alive()
+        self._method = method
+        self._phase = BODY
+        if head.chunked:
+            framing = b"Transfer-Encoding: chunked\r\n"
+        elif head.content_length is not None and head.content_length != b"0":
+            framing = b"Content-Length: " + head.content_length + b"\r\n"
+        else:
+            framing = b"Content-Length: 0\r\n" if head.content_length is not None else b""
+        has_body = bool(framing) and framing != b"Content-Length: 0\r\n"
+        target = self._url
+        if settings.path_prefix and target[:1] == b"/":
+            target = settings.path_prefix + target
+        request = b"%s %s HTTP/1.1\r\n%s%s\r\n" % (method, target, head.lines, framing)
+        self._response_chunked = False
+        self._close_after = not self._keep_alive or head.upgrade is not None
+        self._response_bytes = 0
+        self.deadline = settings.sweeper.seconds() + settings.backend_timeout
+        exchange = Exchange(
+            front=self,
+            pool=settings.pool,
+            head=request,
+            has_body=has_body,
+            chunked=head.chunked,
+            head_request=method == b"HEAD",
+        )
+        self._exchange = exchange
+        exchange.start()
+
+    def on_body(self, data: bytes) -> None:
+        if self._queued is not None:
+            self._queue(self.on_body, (data,))
+            return
+        exchange = self._exchange
+        if exchange is not None:
+            self.deadline = self._settings.sweeper.seconds() + self._settings.backend_timeout
+            exchange.request_body(data)
+
+    def on_message_complete(self) -> None:
+        if self._queued is not None:
+            self._queue(self.on_message_complete, ())
+            return
+        self._phase = READ
+        if self._exchange is not None:
+            self._exchange.request_complete(self._trailers)
+
+    def _queue(self, callback: Callable[..., None], args: tuple[Any, ...]) -> None:
+        if self._queued is None:
+            self._queued = []
+            self.hold_reading("pipeline")
+        self._queued.append((callback, args))
+
+    # -- the exchange's Front --------------------------------------------------------------------
+
+    def send_interim(self, status: int, reason: bytes, headers: list[Header]) -> None:
+        if not self._http10:  # HTTP/1.0 clients do not understand 1xx (RFC 9110 §15.2)
+            self._out.append(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, trailer_lines(headers)))
+
+    def send_head(self, status: int, reason: bytes, head: ResponseHead, *, bodyless: bool) -> None:
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        lines += [b"%s: %s\r\n" % pair for pair in head.headers]
+        if head.content_length is not None and status != 204:
+            lines.append(b"Content-Length: " + head.content_length + b"\r\n")
+        elif not bodyless:
+            if self._http10:
+                self._close_after = True
+            else:
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+                self._response_chunked = True
+        if self._close_after:
+            lines.append(b"Connection: close\r\n\r\n")
+        elif self._http10:
+            lines.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            lines.append(b"\r\n")
+        self._out.append(b"".join(lines))
+        self._progress()
+
+    def send_body(self, data: bytes) -> None:
+        self._response_bytes += len(data)
+        if self._response_chunked:
+            self._out += (b"%x\r\n" % len(data), data, b"\r\n")
+        else:
+            self._out.append(data)
+        self._progress()
+
+    def send_end(self, trailers: list[Header]) -> None:
+        if self._response_chunked:
+            self._out.append(b"0\r\n" + trailer_lines(trailers) + b"\r\n")
+
+    def send_error(self, status: int, message: str) -> None:
+        self._close_after = self._close_after or self._phase != READ
+        page = error_response(status, message, close=self._close_after)
+        self._response_bytes = len(page)
+        self._out.append(page)
+
+    def flush(self) -> None:
+        out = self._out
+        if out:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
+            out.clear()
+
+    def abort(self) -> None:
+        self._log_exchange()
+        self._exchange = None
+        self._closing = True
+        self._out.clear()
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def hold_reading(self, reason: str) -> None:
+        if not self._holds:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._holds.add(reason)
+
+    def release_reading(self, reason: str) -> None:
+        if reason in self._holds:
+            self._holds.discard(reason)
+            if not self._holds and not self._closing:
+                self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def exchange_ended(self, exchange: Exchange) -> None:
+        self.flush()
+        self._log_exchange()
+        self.release_reading("backend")
+        self.release_reading("connect")
+        if self._phase == READ:
+            self._next_request()
+        else:  # answered before the request was read to its end (rule 3)
+            self._close()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _next_request(self) -> None:
+        self._exchange = None
+        if self._close_after or self._upgrade_data is not None:
+            self._close()
+            return
+        self._phase = IDLE
+        self.deadline = self._settings.sweeper.seconds() + self._settings.idle_timeout
+        queued = self._queued
+        if queued is None:
+            return
+        self._queued = None
+        try:
+            for index, (callback, args) in enumerate(queued):
+                callback(*args)
+                if self._queued is not None:  # the replayed request is running; hold the rest
+                    self._queued.extend(queued[index + 1 :])
+                    return
+                if self._closing:
+                    return
+        except HeadRejected as rejected:
+            self._reject(rejected.status, rejected.reason)
+            return
+        self.release_reading("pipeline")
+
+    def _progress(self) -> None:
+        if self._exchange is not None:
+            self.deadline = self._settings.sweeper.seconds() + self._settings.backend_timeout
+
+    def _reject(self, status: int, reason: str) -> None:
+        """Answer a request that must not be forwarded, then close (rule 3)."""
+        if self._closing:
+            return
+        exchange = self._exchange
+        if exchange is not None:
+            if self._phase == BODY:  # the body being forwarded is broken: stop both sides
+                self.abort()
+                exchange.front_lost()
+            else:  # what follows a complete request is broken: answer that request, then close
+                self._close_after = True
+                self._queued = None
+                self.hold_reading("rejected")
+            return
+        self._out.append(error_response(status, reason, close=True))
+        log.info(
+            "rejected a request from {client}: {status} {reason}",
+            client=self.client.address.decode() if self.client else "?",
+            status=status,
+            reason=reason,
+        )
+        self._close()
+
+    def _close(self) -> None:
+        self.flush()
+        self._closing = True
+        self._exchange = None
+        self.deadline = NEVER
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _log_exchange(self) -> None:
+        access_log = self._settings.access_log
+        exchange = self._exchange
+        if access_log is None or exchange is None or self.client is None:
+            return
+        access_log.record(
+            client=self.client.address,
+            method=self._method,
+            target=self._url,
+            version=b"HTTP/1.0" if self._http10 else b"HTTP/1.1",
+            status=exchange.status,
+            size=self._response_bytes,
+            headers=self._headers,
+        )

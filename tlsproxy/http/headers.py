@@ -1,0 +1,231 @@
+"""Header rules of a reverse proxy, as pure functions over ``(name, value)`` byte pairs.
+
+Rules, in the order they apply to a request head:
+
+1. Exactly one ``Host`` (HTTP/1.1; HTTP/1.0 may omit it). The value is kept as sent.
+2. ``Transfer-Encoding`` may appear once and only as ``chunked``; anything else is refused,
+   because an intermediary that guesses at codings is how requests get smuggled.
+   (llhttp has already refused CL+TE, repeated or differing ``Content-Length``, obs-fold,
+   whitespace before the colon, bare LF and invalid characters.)
+3. Hop-by-hop headers stop here: ``Connection`` and every name it lists, ``Keep-Alive``,
+   ``Proxy-Connection``, ``TE`` (``trailers`` survives), ``Trailer``, ``Upgrade``, and the framing
+   headers, which the proxy writes again for the next hop.
+4. Forwarding headers (``X-Forwarded-*``, ``Forwarded``) are believed only from trusted peers, whose
+   values we extend; anyone else's are dropped and replaced with what this hop saw.
+
+Everything that is the same for every request on a connection is computed once, in
+:class:`ClientInfo`, so the per-request work is one pass over the headers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+Header = tuple[bytes, bytes]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Headers that describe one connection, never forwarded as they are (RFC 9110 §7.6.1).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+FORWARDING = frozenset(
+    {
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-forwarded-proto",
+    }
+)
+# Connection tokens that name no header of their own and need no second pass.
+_PLAIN_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade", b"te", b""})
+_REQUEST_SPECIAL = HOP_BY_HOP | FORWARDING | {b"host"}
+_RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length"}
+
+
+class HeadRejected(Exception):
+    """A request head that must not be forwarded; ``status`` is what the client gets."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """What this hop knows about one client connection, precomputed as header bytes."""
+
+    trusted: bool
+    address: bytes  # for X-Forwarded-For: ``203.0.113.7`` or ``2001:db8::1``
+    forwarded_for: bytes  # for Forwarded: ``203.0.113.7`` or ``"[2001:db8::1]"``
+    port_line: bytes  # ``X-Forwarded-Port: 8443\r\n``, ready to send
+
+    @classmethod
+    def for_peer(
+        cls, host: str, local_port: int, trusted_proxies: Sequence[IPNetwork]
+    ) -> ClientInfo:
+        """Describe a peer at ``host`` that reached us on ``local_port``."""
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:  # a unix socket peer has no IP address
+            ip = None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        trusted = ip is not None and any(ip in net for net in trusted_proxies)
+        address = str(ip) if ip is not None else "unknown"
+        forwarded_for = f'"[{ip}]"' if isinstance(ip, ipaddress.IPv6Address) else address
+        return cls(
+            trusted=trusted,
+            address=address.encode("ascii"),
+            forwarded_for=forwarded_for.encode("ascii"),
+            port_line=b"X-Forwarded-Port: %d\r\n" % local_port,
+        )
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """The parts of a checked request head that the exchange needs."""
+
+    lines: bytes  # header lines for the backend, each ending in CRLF, no framing headers
+    host: bytes | None
+    chunked: bool
+    content_length: bytes | None
+    upgrade: bytes | None  # the Upgrade header's value, when the client asked for one
+
+
+def check_request_head(
+    headers: Sequence[Header], client: ClientInfo, *, http10: bool
+) -> RequestHead:
+    """Apply rules 1-4 to a parsed request head; raise :class:`HeadRejected` when it must not pass."""
+    out: list[bytes] = []
+    host: bytes | None = None
+    hosts = 0
+    chunked = False
+    content_length: bytes | None = None
+    connection_tokens: list[bytes] = []
+    upgrade: bytes | None = None
+    forwarded_for: list[bytes] = []
+    forwarded: list[bytes] = []
+    kept: set[bytes] = set()  # X-Forwarded-Host/Proto/Port that a trusted proxy set
+    te_trailers = False
+    for name, value in headers:
+        lname = name.lower()
+        if lname not in _REQUEST_SPECIAL:
+            if lname == b"content-length":
+                content_length = value
+            else:
+                out.append(b"%s: %s\r\n" % (name, value))
+            continue
+        if lname == b"host":
+            hosts += 1
+            host = value
+        elif lname == b"transfer-encoding":
+            if chunked or value.strip().lower() != b"chunked":
+                raise HeadRejected(400, "unsupported or repeated Transfer-Encoding")
+            chunked = True
+        elif lname == b"connection":
+            connection_tokens.extend(t.strip().lower() for t in value.split(b","))
+        elif lname == b"te":
+            te_trailers = te_trailers or b"trailers" in (
+                t.split(b";")[0].strip().lower() for t in value.split(b",")
+            )
+        elif lname == b"upgrade":
+            upgrade = value
+        elif client.trusted:
+            if lname == b"x-forwarded-for":
+                forwarded_for.append(value)
+            elif lname == b"forwarded":
+                forwarded.append(value)
+            else:  # the rest of X-Forwarded-* describe the original request: keep them
+                kept.add(lname)
+                out.append(b"%s: %s\r\n" % (name, value))
+        # else: an untrusted client's forwarding header or a hop-by-hop one: dropped.
+    if hosts > 1:
+        raise HeadRejected(400, "more than one Host header")
+    if hosts == 0 and not http10:
+        raise HeadRejected(400, "missing Host header")
+    if any(t not in _PLAIN_CONNECTION_TOKENS for t in connection_tokens):
+        named = {t for t in connection_tokens if t not in _PLAIN_CONNECTION_TOKENS}
+        out = [line for line in out if line.split(b":", 1)[0].lower() not in named]
+    if te_trailers:
+        out.append(b"TE: trailers\r\n")
+    out.append(_forwarding_lines(client, host, forwarded_for, forwarded, kept))
+    return RequestHead(
+        lines=b"".join(out),
+        host=host,
+        chunked=chunked,
+        content_length=content_length,
+        upgrade=upgrade if b"upgrade" in connection_tokens else None,
+    )
+
+
+def _forwarding_lines(
+    client: ClientInfo,
+    host: bytes | None,
+    forwarded_for: list[bytes],
+    forwarded: list[bytes],
+    kept: set[bytes],
+) -> bytes:
+    xff = b", ".join([*forwarded_for, client.address])
+    element = b"for=" + client.forwarded_for
+    if host is not None:
+        element += b';host="' + host.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    element += b";proto=https"
+    fwd = b", ".join([*forwarded, element])
+    lines = b"X-Forwarded-For: " + xff + b"\r\nForwarded: " + fwd + b"\r\n"
+    if not kept:
+        lines += b"X-Forwarded-Proto: https\r\n" + client.port_line
+        return lines if host is None else lines + b"X-Forwarded-Host: " + host + b"\r\n"
+    if b"x-forwarded-proto" not in kept:
+        lines += b"X-Forwarded-Proto: https\r\n"
+    if b"x-forwarded-port" not in kept:
+        lines += client.port_line
+    if host is not None and b"x-forwarded-host" not in kept:
+        lines += b"X-Forwarded-Host: " + host + b"\r\n"
+    return lines
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    """A backend response head with the hop-by-hop headers taken out."""
+
+    headers: list[Header]
+    content_length: bytes | None
+    chunked: bool
+    close: bool  # the backend said Connection: close
+
+
+def clean_response_headers(headers: Sequence[Header]) -> ResponseHead:
+    """Drop hop-by-hop headers from a response head and note its framing."""
+    out: list[Header] = []
+    content_length: bytes | None = None
+    chunked = False
+    close = False
+    connection_tokens: list[bytes] = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname not in _RESPONSE_SPECIAL:
+            out.append((name, value))
+        elif lname == b"content-length":
+            content_length = value
+        elif lname == b"transfer-encoding":
+            chunked = value.strip().lower().endswith(b"chunked")
+        elif lname == b"connection":
+            tokens = [t.strip().lower() for t in value.split(b",")]
+            close = close or b"close" in tokens
+            connection_tokens.extend(tokens)
+    if any(t not in _PLAIN_CONNECTION_TOKENS for t in connection_tokens):
+        named = set(connection_tokens)
+        out = [(n, v) for n, v in out if n.lower() not in named]
+    return ResponseHead(headers=out, content_length=content_length, chunked=chunked, close=close)

@@ -1,0 +1,17 @@
+"""The short plain-text responses tlsproxy writes itself, when there is no backend answer to pass on."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+
+def error_response(status: int, message: str, *, close: bool) -> bytes:
+    """A complete HTTP/1.1 response whose body says what went wrong in one sentence."""
+    phrase = HTTPStatus(status).phrase
+    body = f"{status} {phrase}\n\n{message}\n".encode()
+    connection = b"Connection: close\r\n" if close else b""
+    return (
+        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+        b"Cache-Control: no-store\r\n%s\r\n%s"
+        % (status, phrase.encode(), len(body), connection, body)
+    )

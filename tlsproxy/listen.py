@@ -1,0 +1,119 @@
+"""Listening: plain Twisted endpoints wrapped in TLS by us, and the limit on open connections."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import error as net_error
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnectionCreator
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+
+from tlsproxy.config import Listener
+from tlsproxy.http.h1 import FrontSettings, H1Connection
+
+log = Logger()
+
+
+class ListenError(Exception):
+    """A listener that could not be opened; the message says which and why, in one line."""
+
+
+class FrontFactory(Factory):
+    """Builds one HTTP/1.1 front per client and stops accepting at ``--max-connections``."""
+
+    noisy = False
+
+    def __init__(self, settings: FrontSettings, *, max_connections: int) -> None:
+        self.settings = settings
+        self.max_connections = max_connections
+        self.connections: set[H1Connection] = set()
+        self.ports: list[IListeningPort] = []
+        self._accepting = True
+
+    def buildProtocol(self, addr: Any) -> H1Connection:
+        connection = H1Connection(self.settings, self._closed)
+        self.connections.add(connection)
+        if len(self.connections) >= self.max_connections and self._accepting:
+            self._accepting = False
+            log.warn("{n} connections open (--max-connections): not accepting more for now",
+                     n=len(self.connections))
+            for port in self.ports:
+                port.stopReading()  # type: ignore[attr-defined]
+        return connection
+
+    def _closed(self, connection: H1Connection) -> None:
+        self.connections.discard(connection)
+        if not self._accepting and len(self.connections) < self.max_connections:
+            self._accepting = True
+            for port in self.ports:
+                port.startReading()  # type: ignore[attr-defined]
+
+
+class _TLSFactory(TLSMemoryBIOFactory):
+    # The front coalesces its writes itself (one TLS write per backend read), so Twisted's
+    # write-aggregating transport would only add a timer per write burst.
+    protocol = TLSMemoryBIOProtocol
+    noisy = False
+
+    def logPrefix(self) -> str:
+        return "tlsproxy"
+
+
+def tls_factory(
+    creator: IOpenSSLServerConnectionCreator, front: FrontFactory
+) -> TLSMemoryBIOFactory:
+    return _TLSFactory(creator, False, front)
+
+
+def url_of(port: IListeningPort) -> str:
+    """The address a user would type for ``port``."""
+    address: Any = port.getHost()
+    host = getattr(address, "host", None)
+    if host is None:
+        return f"unix:{getattr(address, 'name', '?')}"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"https://{host}:{address.port}/"
+
+
+def listen_all(
+    reactor: Any, listeners: Sequence[Listener], factory: TLSMemoryBIOFactory
+) -> list[IListeningPort]:
+    """Open every listener now (before privileges are dropped); raise :class:`ListenError`."""
+    ports = []
+    for listener in listeners:
+        try:
+            endpoint = serverFromString(reactor, listener.description)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ListenError(f"--listen {listener.description!r} is not valid: {e}") from None
+        outcome: list[Any] = []
+        endpoint.listen(factory).addBoth(outcome.append)
+        result = outcome[0] if outcome else Failure(ListenError("listening did not complete"))
+        if isinstance(result, Failure):
+            if listener.optional:
+                log.warn("not listening on {where}: {why}", where=listener.description,
+                         why=_describe(result))
+                continue
+            raise ListenError(f"cannot listen on {listener.description}: {_describe(result)}")
+        ports.append(result)
+    if not ports:
+        raise ListenError("no listener could be opened")
+    return ports
+
+
+def _describe(failure: Failure) -> str:
+    if failure.check(net_error.CannotListenError):
+        socket_error = failure.value.socketError  # type: ignore[union-attr]
+        why = getattr(socket_error, "strerror", None) or str(socket_error)
+        if "in use" in why:
+            return f"{why.lower()}; pick another --port or stop the program using it"
+        if "ermission" in why:
+            return f"{why.lower()}; ports below 1024 need root or systemd socket activation"
+        return why.lower()
+    return failure.getErrorMessage()

@@ -1,0 +1,111 @@
+"""Assembles the running proxy from a :class:`Config`: pool, fronts, TLS, listeners, access log."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from tlsproxy.accesslog import AccessLog
+from tlsproxy.backend import BackendPool
+from tlsproxy.config import Config
+from tlsproxy.deadline import DeadlineSweeper
+from tlsproxy.http.h1 import FrontSettings
+from tlsproxy.listen import FrontFactory, ListenError, listen_all, tls_factory, url_of
+from tlsproxy.tls.devca import trust_instructions
+from tlsproxy.tls.policy import server_connection_creator
+
+log = Logger()
+
+
+class ProxyService(Service):
+    """Listens for TLS clients and proxies them to the backend while running."""
+
+    def __init__(self, config: Config, *, reactor: Any) -> None:
+        self.config = config
+        self._reactor = reactor
+        self.pool = BackendPool(
+            reactor=reactor,
+            clock=reactor,
+            address=config.backend,
+            connect_timeout=config.limits.connect_timeout,
+        )
+        self._log_stream: TextIO | None = None
+        if config.access_log == "-":
+            self._log_stream = sys.stdout
+        elif config.access_log is not None:
+            self._log_stream = open(config.access_log, "a", encoding="utf-8")  # noqa: SIM115
+        self.access_log = AccessLog(self._log_stream) if self._log_stream else None
+        self._flush_log = LoopingCall(self._flush_access_log)
+        self._flush_log.clock = reactor
+        limits = config.limits
+        self.front = FrontFactory(
+            FrontSettings(
+                pool=self.pool,
+                sweeper=DeadlineSweeper(clock=reactor),
+                trusted_proxies=config.trusted_proxies,
+                header_timeout=limits.header_timeout,
+                idle_timeout=limits.idle_timeout,
+                backend_timeout=limits.backend_timeout,
+                max_header_bytes=limits.max_header_bytes,
+                path_prefix=config.backend.path_prefix,
+                access_log=self.access_log,
+            ),
+            max_connections=limits.max_connections,
+        )
+        self.ports: list[Any] = []
+
+    def privilegedStartService(self) -> None:
+        # Bind before twistd drops privileges, so --port 443 works when started as root.
+        tls = tls_factory(server_connection_creator(self.config.certificate), self.front)
+        try:
+            self.ports = listen_all(self._reactor, self.config.listeners, tls)
+        except ListenError as e:
+            print(f"tlsproxy: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        self.front.ports = self.ports
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        if self.access_log is not None:
+            self._flush_log.start(1.0, now=False)
+        for line in self._banner():
+            log.info("{line}", line=line)
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        self.pool.close_idle()
+        stopped = [defer.maybeDeferred(port.stopListening) for port in self.ports]
+        for connection in list(self.front.connections):
+            connection.transport.loseConnection()  # type: ignore[union-attr]
+        if self._flush_log.running:
+            self._flush_log.stop()
+        self._flush_access_log()
+        d = defer.gatherResults(stopped)
+        d.addCallback(lambda _: None)
+        return d
+
+    def _flush_access_log(self) -> None:
+        if self.access_log is not None:
+            self.access_log.flush()
+
+    def _banner(self) -> list[str]:
+        config = self.config
+        lines = [f"listening on {url_of(port)}" for port in self.ports]
+        lines.append(f"forwarding to the backend {config.backend.url}")
+        lines += config.certificate.describe()
+        lines += [f"warning: {w}" for w in config.certificate.warnings]
+        dev = config.dev_certificates
+        if dev is not None:
+            lines += list(dev.messages)
+            lines += trust_instructions(dev.ca_cert_path)
+        return lines
+
+
+def build_service(config: Config, *, reactor: Any) -> ProxyService:
+    return ProxyService(config, reactor=reactor)

@@ -1,0 +1,92 @@
+"""twistd glue: command-line ``Options`` → a validated ``Config`` → the running service."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from tlsproxy.config import DEFAULT_PORT, ConfigError, Limits, build_config
+
+_LIMITS = Limits()
+
+
+class Options(usage.Options):
+    """``twistd tlsproxy`` options; every rule about their values lives in ``tlsproxy.config``."""
+
+    synopsis = "[options] --backend URL"
+    longdesc = (
+        "HTTPS in front of a plain-HTTP app. Without --cert/--key, a development CA and a "
+        "certificate for localhost are made in --certs-dir. Example: "
+        "twistd -n tlsproxy --backend http://127.0.0.1:8000"
+    )
+    optParameters = [
+        ["backend", None, None, "URL of the plain-HTTP app, http://host:port[/prefix] (required)."],
+        ["port", None, str(DEFAULT_PORT), "TLS port on each --interface."],
+        ["cert", None, None, "PEM certificate (its chain may follow; may hold the key too)."],
+        ["key", None, None, "PEM private key for --cert (default: look in the --cert file)."],
+        ["key-passphrase-file", None, None, "File holding the passphrase of an encrypted --key."],
+        ["certs-dir", None, "certs", "Where the development CA and certificate live."],
+        ["backend-timeout", None, str(_LIMITS.backend_timeout),
+         "Seconds the backend may go without progress (before its response head: 504)."],
+        ["connect-timeout", None, str(_LIMITS.connect_timeout),
+         "Seconds to open a connection to the backend (502 after)."],
+        ["idle-timeout", None, str(_LIMITS.idle_timeout),
+         "Seconds an idle client keep-alive connection stays open."],
+        ["header-timeout", None, str(_LIMITS.header_timeout),
+         "Seconds a client has to send a complete request head (slowloris defence)."],
+        ["max-header-bytes", None, str(_LIMITS.max_header_bytes),
+         "Largest request head accepted (431 above)."],
+        ["max-connections", None, str(_LIMITS.max_connections),
+         "Most client connections open at once; more wait to be accepted."],
+        ["access-log", None, None, "Write a Combined Log Format access log to PATH, or - for stdout."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["interface"] = []
+        self["hostname"] = []
+        self["trusted_proxy"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Listen on a Twisted endpoint (tcp:PORT[:interface=IP], tcp6:, unix:PATH, systemd:);
+        repeatable; replaces --port/--interface. TLS is added by tlsproxy."""
+        self["listen"].append(description)
+
+    def opt_interface(self, address: str) -> None:
+        """Address to listen on; repeatable [default: 127.0.0.1 and ::1]."""
+        self["interface"].append(address)
+
+    def opt_hostname(self, name: str) -> None:
+        """Extra name (or IP) for the development certificate; repeatable."""
+        self["hostname"].append(name)
+
+    def opt_trusted_proxy(self, cidr: str) -> None:
+        """Address range whose X-Forwarded-*/Forwarded headers are believed; repeatable
+        [default: none]."""
+        self["trusted_proxy"].append(cidr)
+
+    def parseOptions(self, options: Any = None) -> None:
+        # twistd answers a usage error with pages of help; one line that names the flag is kinder.
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise SystemExit(f"tlsproxy: error: {e} (see: twistd tlsproxy --help)") from None
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    from tlsproxy.service import build_service
+
+    try:
+        values = {name.replace("-", "_"): value for name, value in options.items()}
+        config = build_config(values, now=datetime.now(UTC))
+    except ConfigError as e:
+        print(f"tlsproxy: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return build_service(config, reactor=reactor)
