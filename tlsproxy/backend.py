@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClient
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
+from tlsproxy import eagerwrite
 from tlsproxy.http.headers import Header
 
 if TYPE_CHECKING:
@@ -103,6 +104,7 @@ class BackendConnection(Protocol):
         transport: Any = self.transport
         transport.setTcpNoDelay(True)
         transport.registerProducer(self, True)
+        eagerwrite.install(transport)
 
     def dataReceived(self, data: bytes) -> None:
         exchange = self.exchange

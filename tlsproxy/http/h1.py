@@ -26,6 +26,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from tlsproxy import eagerwrite
 from tlsproxy.accesslog import AccessLog
 from tlsproxy.backend import BackendPool
 from tlsproxy.deadline import NEVER, DeadlineSweeper
@@ -99,6 +100,7 @@ class H1Connection(Protocol):
             getattr(peer, "host", ""), getattr(host, "port", 0), self._settings.trusted_proxies
         )
         transport.registerProducer(self, True)
+        eagerwrite.install(getattr(transport, "transport", None))  # the TCP under TLS
         sweeper = self._settings.sweeper
         self.deadline = sweeper.seconds() + self._settings.header_timeout
         sweeper.track(self)

@@ -130,6 +130,7 @@ def check_request_head(
         if lname == b"host":
             hosts += 1
             host = value
+            out.append(b"%s: %s\r\n" % (name, value))
         elif lname == b"transfer-encoding":
             if chunked or value.strip().lower() != b"chunked":
                 raise HeadRejected(400, "unsupported or repeated Transfer-Encoding")
