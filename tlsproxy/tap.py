@@ -14,6 +14,10 @@ from tlsproxy.config import DEFAULT_PORT, ConfigError, Limits, build_config
 _LIMITS = Limits()
 
 
+def _default(value: float) -> str:
+    return str(int(value)) if value == int(value) else str(value)
+
+
 class Options(usage.Options):
     """``twistd tlsproxy`` options; every rule about their values lives in ``tlsproxy.config``."""
 
@@ -30,13 +34,13 @@ class Options(usage.Options):
         ["key", None, None, "PEM private key for --cert (default: look in the --cert file)."],
         ["key-passphrase-file", None, None, "File holding the passphrase of an encrypted --key."],
         ["certs-dir", None, "certs", "Where the development CA and certificate live."],
-        ["backend-timeout", None, str(_LIMITS.backend_timeout),
+        ["backend-timeout", None, _default(_LIMITS.backend_timeout),
          "Seconds the backend may go without progress (before its response head: 504)."],
-        ["connect-timeout", None, str(_LIMITS.connect_timeout),
+        ["connect-timeout", None, _default(_LIMITS.connect_timeout),
          "Seconds to open a connection to the backend (502 after)."],
-        ["idle-timeout", None, str(_LIMITS.idle_timeout),
+        ["idle-timeout", None, _default(_LIMITS.idle_timeout),
          "Seconds an idle client keep-alive connection stays open."],
-        ["header-timeout", None, str(_LIMITS.header_timeout),
+        ["header-timeout", None, _default(_LIMITS.header_timeout),
          "Seconds a client has to send a complete request head (slowloris defence)."],
         ["max-header-bytes", None, str(_LIMITS.max_header_bytes),
          "Largest request head accepted (431 above)."],
@@ -53,8 +57,7 @@ class Options(usage.Options):
         self["trusted_proxy"] = []
 
     def opt_listen(self, description: str) -> None:
-        """Listen on a Twisted endpoint (tcp:PORT[:interface=IP], tcp6:, unix:PATH, systemd:);
-        repeatable; replaces --port/--interface. TLS is added by tlsproxy."""
+        """Twisted endpoint to listen on, e.g. tcp:8443:interface=0.0.0.0, tcp6:, unix:PATH (TLS added by tlsproxy); repeatable; replaces --port/--interface."""  # noqa: E501
         self["listen"].append(description)
 
     def opt_interface(self, address: str) -> None:
@@ -66,8 +69,7 @@ class Options(usage.Options):
         self["hostname"].append(name)
 
     def opt_trusted_proxy(self, cidr: str) -> None:
-        """Address range whose X-Forwarded-*/Forwarded headers are believed; repeatable
-        [default: none]."""
+        """Address range whose X-Forwarded-*/Forwarded headers are believed; repeatable [default: none]."""  # noqa: E501
         self["trusted_proxy"].append(cidr)
 
     def parseOptions(self, options: Any = None) -> None:
