@@ -1,7 +1,7 @@
-"""The access log in Combined Log Format, as Apache and nginx write it, so that every log tool reads it.
+"""The access log in Combined Log Format, as Apache and nginx write it, so every log tool reads it.
 
-The timestamp is formatted once per second, not once per request, and lines leave in one write
-per reactor turn at most: a log must not cost the proxy its speed.
+The timestamp is formatted once per second, not once per request, and the file is buffered and
+flushed once a second by the service: a log must not cost the proxy its speed.
 """
 
 from __future__ import annotations

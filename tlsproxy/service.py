@@ -68,17 +68,17 @@ class ProxyService(Service):
             print(f"tlsproxy: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
         self.front.ports = self.ports
-        super().privilegedStartService()
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         if self.access_log is not None:
             self._flush_log.start(1.0, now=False)
         for line in self._banner():
             log.info("{line}", line=line)
 
     def stopService(self) -> defer.Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         self.pool.close_idle()
         stopped = [defer.maybeDeferred(port.stopListening) for port in self.ports]
         for connection in list(self.front.connections):
@@ -86,9 +86,7 @@ class ProxyService(Service):
         if self._flush_log.running:
             self._flush_log.stop()
         self._flush_access_log()
-        d = defer.gatherResults(stopped)
-        d.addCallback(lambda _: None)
-        return d
+        return defer.gatherResults(stopped).addCallback(lambda _: None)
 
     def _flush_access_log(self) -> None:
         if self.access_log is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -27,7 +27,7 @@ class Options(usage.Options):
         "certificate for localhost are made in --certs-dir. Example: "
         "twistd -n tlsproxy --backend http://127.0.0.1:8000"
     )
-    optParameters = [
+    optParameters: ClassVar[list[list[str | None]]] = [
         ["backend", None, None, "URL of the plain-HTTP app, http://host:port[/prefix] (required)."],
         ["port", None, str(DEFAULT_PORT), "TLS port on each --interface."],
         ["cert", None, None, "PEM certificate (its chain may follow; may hold the key too)."],
@@ -46,11 +46,11 @@ class Options(usage.Options):
          "Largest request head accepted (431 above)."],
         ["max-connections", None, str(_LIMITS.max_connections),
          "Most client connections open at once; more wait to be accepted."],
-        ["access-log", None, None, "Write a Combined Log Format access log to PATH, or - for stdout."],
+        ["access-log", None, None, "Combined Log Format access log: a file PATH, or - for stdout."],
     ]
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self["listen"] = []
         self["interface"] = []
         self["hostname"] = []
@@ -75,15 +75,17 @@ class Options(usage.Options):
     def parseOptions(self, options: Any = None) -> None:
         # twistd answers a usage error with pages of help; one line that names the flag is kinder.
         try:
-            super().parseOptions(options)
+            super().parseOptions(options)  # type: ignore[no-untyped-call]
         except usage.UsageError as e:
             raise SystemExit(f"tlsproxy: error: {e} (see: twistd tlsproxy --help)") from None
 
 
 def makeService(options: Options) -> IService:
-    from twisted.internet import reactor
+    # Imported here, not at the top: twistd imports this module for --help (the plugin is lazy),
+    # and installing the reactor belongs to twistd, before makeService runs.
+    from twisted.internet import reactor  # noqa: PLC0415
 
-    from tlsproxy.service import build_service
+    from tlsproxy.service import build_service  # noqa: PLC0415
 
     try:
         values = {name.replace("-", "_"): value for name, value in options.items()}

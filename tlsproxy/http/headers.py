@@ -107,7 +107,7 @@ class RequestHead:
 def check_request_head(
     headers: Sequence[Header], client: ClientInfo, *, http10: bool
 ) -> RequestHead:
-    """Apply rules 1-4 to a parsed request head; raise :class:`HeadRejected` when it must not pass."""
+    """Apply rules 1-4 to a parsed request head; raise :class:`HeadRejected` if it must not pass."""
     out: list[bytes] = []
     host: bytes | None = None
     hosts = 0
