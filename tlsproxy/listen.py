@@ -54,10 +54,30 @@ class FrontFactory(Factory):
                 port.startReading()  # type: ignore[attr-defined]
 
 
+_PLAIN_HTTP_ANSWER = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Connection: close\r\n\r\n"
+    b"400 Bad Request\n\nThis port speaks HTTPS: use an https:// URL.\n"
+)
+
+
+class _FrontTLS(TLSMemoryBIOProtocol):
+    """TLS on the client connection, which answers plain HTTP with a hint instead of silence."""
+
+    def dataReceived(self, data: bytes) -> None:
+        # Only the first read is looked at; after it, calls go straight to TLS.
+        self.dataReceived = super().dataReceived  # type: ignore[method-assign]
+        if data[:1].isalpha():  # a TLS record starts with 0x16; an HTTP request with a method
+            self.transport.write(_PLAIN_HTTP_ANSWER)
+            self.transport.loseConnection()
+            return
+        super().dataReceived(data)
+
+
 class _TLSFactory(TLSMemoryBIOFactory):
     # The front coalesces its writes itself (one TLS write per backend read), so Twisted's
     # write-aggregating transport would only add a timer per write burst.
-    protocol = TLSMemoryBIOProtocol
+    protocol = _FrontTLS
     noisy = False
 
     def logPrefix(self) -> str:

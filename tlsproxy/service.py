@@ -65,7 +65,8 @@ class ProxyService(Service):
         try:
             self.ports = listen_all(self._reactor, self.config.listeners, tls)
         except ListenError as e:
-            print(f"tlsproxy: error: {e}", file=sys.stderr)
+            # twistd has already redirected sys.stderr into its log; say it plainly.
+            print(f"tlsproxy: error: {e}", file=sys.__stderr__)
             raise SystemExit(2) from None
         self.front.ports = self.ports
         super().privilegedStartService()  # type: ignore[no-untyped-call]

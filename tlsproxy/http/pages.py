@@ -1,4 +1,4 @@
-"""The short plain-text responses tlsproxy writes itself, when no backend answer can be passed on."""
+"""The short plain-text responses tlsproxy writes itself, when there is no backend answer."""
 
 from __future__ import annotations
 
