@@ -71,6 +71,7 @@ class BackendConnection(Protocol):
         self._reason = b""
         self._head_request = False
         self._paused_front = False
+        self._reading_paused = False
 
     # -- used by the exchange ------------------------------------------------------------------
 
@@ -87,10 +88,19 @@ class BackendConnection(Protocol):
         self.transport.writeSequence(parts)  # type: ignore[union-attr]
 
     def pause_reading(self) -> None:
+        self._reading_paused = True
         self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def resume_reading(self) -> None:
-        self.transport.resumeProducing()  # type: ignore[union-attr]
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def detach(self) -> None:
+        """End the exchange's hold on this connection: it reads again, and pauses nobody."""
+        self.exchange = None
+        self._paused_front = False
+        self.resume_reading()
 
     def abort(self) -> None:
         self.exchange = None
@@ -241,7 +251,7 @@ class BackendPool:
 
     def release(self, connection: BackendConnection) -> None:
         """Take back a connection whose exchange ended cleanly."""
-        connection.exchange = None
+        connection.detach()
         if not connection.connected_:
             return
         if len(self._idle) >= MAX_IDLE_CONNECTIONS:
