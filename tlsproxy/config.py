@@ -25,8 +25,11 @@ from tlsproxy.tls.devca import DevCertificates, ensure_dev_certificates
 DEFAULT_PORT = 8443
 DEFAULT_INTERFACES = ("127.0.0.1", "::1")
 _LISTEN_KINDS = ("tcp", "tcp6", "unix", "systemd")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?\.)*[a-z0-9_]"
-                       r"([a-z0-9-]{0,61}[a-z0-9])?\.?$", re.IGNORECASE)
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?\.)*[a-z0-9_]"
+    r"([a-z0-9-]{0,61}[a-z0-9])?\.?$",
+    re.IGNORECASE,
+)
 
 
 class ConfigError(ValueError):

@@ -40,8 +40,10 @@ class FrontFactory(Factory):
         self.connections.add(connection)
         if len(self.connections) >= self.max_connections and self._accepting:
             self._accepting = False
-            log.warn("{n} connections open (--max-connections): not accepting more for now",
-                     n=len(self.connections))
+            log.warn(
+                "{n} connections open (--max-connections): not accepting more for now",
+                n=len(self.connections),
+            )
             for port in self.ports:
                 port.stopReading()  # type: ignore[attr-defined]
         return connection
@@ -68,10 +70,11 @@ class _FrontTLS(TLSMemoryBIOProtocol):
         # Only the first read is looked at; after it, calls go straight to TLS.
         self.dataReceived = super().dataReceived  # type: ignore[method-assign]
         if data[:1].isalpha():  # a TLS record starts with 0x16; an HTTP request with a method
-            self.transport.write(_PLAIN_HTTP_ANSWER)
-            self.transport.loseConnection()
+            transport: Any = self.transport
+            transport.write(_PLAIN_HTTP_ANSWER)
+            transport.loseConnection()
             return
-        super().dataReceived(data)
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
 
 
 class _TLSFactory(TLSMemoryBIOFactory):
@@ -101,6 +104,21 @@ def url_of(port: IListeningPort) -> str:
     return f"https://{host}:{address.port}/"
 
 
+def browse_url(ports: Sequence[IListeningPort]) -> str | None:
+    """The URL to open in a browser: ``localhost`` when listening on loopback."""
+    for port in ports:
+        address: Any = port.getHost()
+        host = getattr(address, "host", None)
+        if host is None:
+            continue
+        if host in ("127.0.0.1", "::1"):
+            host = "localhost"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"https://{host}:{address.port}/"
+    return None
+
+
 def listen_all(
     reactor: Any, listeners: Sequence[Listener], factory: TLSMemoryBIOFactory
 ) -> list[IListeningPort]:
@@ -116,8 +134,11 @@ def listen_all(
         result = outcome[0] if outcome else Failure(ListenError("listening did not complete"))
         if isinstance(result, Failure):
             if listener.optional:
-                log.warn("not listening on {where}: {why}", where=listener.description,
-                         why=_describe(result))
+                log.warn(
+                    "not listening on {where}: {why}",
+                    where=listener.description,
+                    why=_describe(result),
+                )
                 continue
             raise ListenError(f"cannot listen on {listener.description}: {_describe(result)}")
         ports.append(result)

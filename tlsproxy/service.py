@@ -15,7 +15,14 @@ from tlsproxy.backend import BackendPool
 from tlsproxy.config import Config
 from tlsproxy.deadline import DeadlineSweeper
 from tlsproxy.http.h1 import FrontSettings
-from tlsproxy.listen import FrontFactory, ListenError, listen_all, tls_factory, url_of
+from tlsproxy.listen import (
+    FrontFactory,
+    ListenError,
+    browse_url,
+    listen_all,
+    tls_factory,
+    url_of,
+)
 from tlsproxy.tls.devca import trust_instructions
 from tlsproxy.tls.policy import server_connection_creator
 
@@ -96,13 +103,16 @@ class ProxyService(Service):
     def _banner(self) -> list[str]:
         config = self.config
         lines = [f"listening on {url_of(port)}" for port in self.ports]
+        url = browse_url(self.ports)
+        if url is not None:
+            lines.append(f"open {url}")
         lines.append(f"forwarding to the backend {config.backend.url}")
         lines += config.certificate.describe()
         lines += [f"warning: {w}" for w in config.certificate.warnings]
         dev = config.dev_certificates
         if dev is not None:
             lines += list(dev.messages)
-            lines += trust_instructions(dev.ca_cert_path)
+            lines += trust_instructions(dev.ca_cert_path, url=url or "https://localhost:PORT/")
         return lines
 
 

@@ -68,6 +68,7 @@ class H1Connection(Protocol):
 
     def __init__(self, settings: FrontSettings, on_close: Callable[[H1Connection], None]) -> None:
         self._settings = settings
+        self._max_uri_bytes = min(MAX_URI_BYTES, settings.max_header_bytes)
         self._on_close = on_close
         self._parser = httptools.HttpRequestParser(self)
         self._phase = IDLE
@@ -156,7 +157,9 @@ class H1Connection(Protocol):
 
     def deadline_passed(self, now: float) -> None:
         self.deadline = NEVER
-        if self._exchange is not None and not self.write_paused:
+        if self._closing:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+        elif self._exchange is not None and not self.write_paused:
             self._exchange.timed_out()
         elif self._phase == HEAD:
             self._reject(408, "request head not received within --header-timeout")
@@ -181,8 +184,8 @@ class H1Connection(Protocol):
             self._queue(self.on_url, (url,))
             return
         self._url += url
-        if len(self._url) > MAX_URI_BYTES:
-            raise HeadRejected(414, "request target longer than 16 KiB")
+        if len(self._url) > self._max_uri_bytes:
+            raise HeadRejected(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._queued is not None:
@@ -396,8 +399,11 @@ class H1Connection(Protocol):
         self.flush()
         self._closing = True
         self._exchange = None
-        self.deadline = NEVER
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        # A client that neither reads the rest nor answers TLS close_notify is dropped later.
+        self.deadline = self._settings.sweeper.seconds() + self._settings.idle_timeout
+        transport: Any = self.transport
+        transport.unregisterProducer()  # TLS waits for its producer to go before closing
+        transport.loseConnection()
 
     def _log_exchange(self) -> None:
         access_log = self._settings.access_log
