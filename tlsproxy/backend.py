@@ -16,14 +16,15 @@ Rules:
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httptools
 from twisted.internet import error as net_error
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 
 from tlsproxy import eagerwrite
@@ -72,6 +73,7 @@ class BackendConnection(Protocol):
         self._head_request = False
         self._paused_front = False
         self._reading_paused = False
+        self.on_connected: Callable[[BackendConnection], None] | None = None
 
     # -- used by the exchange ------------------------------------------------------------------
 
@@ -115,6 +117,9 @@ class BackendConnection(Protocol):
         transport.setTcpNoDelay(True)
         transport.registerProducer(self, True)
         eagerwrite.install(transport)
+        if self.on_connected is not None:
+            on_connected, self.on_connected = self.on_connected, None
+            on_connected(self)
 
     def dataReceived(self, data: bytes) -> None:
         exchange = self.exchange
@@ -207,14 +212,30 @@ class BackendConnection(Protocol):
         exchange.response_complete(self._trailers or [], self, reusable=reusable)
 
 
-class _ConnectionFactory(Factory):
+class _Attempt(ClientFactory):
+    """One connection attempt on behalf of one exchange; reports the outcome to the pool.
+
+    ``connectTCP`` with this factory, not an endpoint: an endpoint puts a wrapping protocol
+    between the transport and ours, one more Python call on every read of every response.
+    """
+
     noisy = False
 
-    def __init__(self, pool: BackendPool) -> None:
+    def __init__(self, pool: BackendPool, exchange: Exchange, index: int) -> None:
         self.pool = pool
+        self.exchange = exchange
+        self.index = index
 
     def buildProtocol(self, addr: Any) -> BackendConnection:
-        return BackendConnection(self.pool)
+        connection = BackendConnection(self.pool)
+        connection.on_connected = self._connected
+        return connection
+
+    def _connected(self, connection: BackendConnection) -> None:
+        self.pool._connected(self.exchange, self.index, connection)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.pool._failed(self.exchange, self.index, reason)
 
 
 class BackendPool:
@@ -233,7 +254,6 @@ class BackendPool:
         self._clock = clock
         self._connect_timeout = connect_timeout
         self._idle: list[BackendConnection] = []
-        self._factory = _ConnectionFactory(self)
         self._hosts = address.candidates()
 
     def acquire(self, exchange: Exchange) -> None:
@@ -268,32 +288,31 @@ class BackendPool:
         while self._idle:
             self._idle.pop().transport.loseConnection()  # type: ignore[union-attr]
 
-    def _endpoint(self, host: str) -> IStreamClientEndpoint:
-        port, timeout = self.address.port, self._connect_timeout
+    def _connect(self, exchange: Exchange, index: int) -> None:
+        host, port = self._hosts[index], self.address.port
+        attempt = _Attempt(self, exchange, index)
         try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return HostnameEndpoint(self._reactor, host.encode("idna"), port, timeout=timeout)
-        if ip.version == 6:
-            return TCP6ClientEndpoint(self._reactor, host, port, timeout=timeout)
-        return TCP4ClientEndpoint(self._reactor, host, port, timeout=timeout)
+            ipaddress.ip_address(host)
+        except ValueError:  # a host name: let the endpoint resolve it (both families)
+            endpoint = HostnameEndpoint(
+                self._reactor, host.encode("idna"), port, timeout=self._connect_timeout
+            )
+            endpoint.connect(attempt).addErrback(
+                lambda reason: self._failed(exchange, index, reason)
+            )
+            return
+        self._reactor.connectTCP(host, port, attempt, timeout=self._connect_timeout)
 
-    def _connect(self, exchange: Exchange, attempt: int) -> None:
-        host = self._hosts[attempt]
-        d = self._endpoint(host).connect(self._factory)
+    def _connected(self, exchange: Exchange, index: int, connection: BackendConnection) -> None:
+        if index:  # remember which address answered (rule 3)
+            self._hosts.insert(0, self._hosts.pop(index))
+        exchange.backend_ready(connection)
 
-        def connected(connection: BackendConnection) -> None:
-            if attempt:  # remember which address answered (rule 3)
-                self._hosts.insert(0, self._hosts.pop(attempt))
-            exchange.backend_ready(connection)
-
-        def failed(reason: Failure) -> None:
-            if attempt + 1 < len(self._hosts):
-                self._connect(exchange, attempt + 1)
-            else:
-                exchange.backend_unavailable(_describe_connect_failure(reason))
-
-        d.addCallbacks(connected, failed)
+    def _failed(self, exchange: Exchange, index: int, reason: Failure) -> None:
+        if index + 1 < len(self._hosts):
+            self._connect(exchange, index + 1)
+        else:
+            exchange.backend_unavailable(_describe_connect_failure(reason))
 
 
 def _describe_connect_failure(reason: Failure) -> str:

@@ -68,6 +68,7 @@ class H1Connection(Protocol):
 
     def __init__(self, settings: FrontSettings, on_close: Callable[[H1Connection], None]) -> None:
         self._settings = settings
+        self._sweeper = settings.sweeper
         self._max_uri_bytes = min(MAX_URI_BYTES, settings.max_header_bytes)
         self._on_close = on_close
         self._parser = httptools.HttpRequestParser(self)
@@ -75,7 +76,8 @@ class H1Connection(Protocol):
         self._url = b""
         self._headers: list[Header] = []
         self._trailers: list[Header] = []
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes read in earlier reads while this request head was arriving
+        self._read_size = 0  # bytes in the read being parsed now
         self._exchange: Exchange | None = None
         self._queued: list[tuple[Callable[..., None], tuple[Any, ...]]] | None = None
         self._holds: set[str] = set()
@@ -102,13 +104,13 @@ class H1Connection(Protocol):
         )
         transport.registerProducer(self, True)
         eagerwrite.install(getattr(transport, "transport", None))  # the TCP under TLS
-        sweeper = self._settings.sweeper
-        self.deadline = sweeper.seconds() + self._settings.header_timeout
-        sweeper.track(self)
+        self._sweeper.track(self)
+        self.deadline = self._sweeper.now + self._settings.header_timeout
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        self._read_size = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
@@ -142,7 +144,7 @@ class H1Connection(Protocol):
     # IPushProducer, registered on our own transport: the client is slow to read the response.
     def pauseProducing(self) -> None:
         self.write_paused = True
-        self.deadline = self._settings.sweeper.seconds() + self._settings.idle_timeout
+        self.deadline = self._sweeper.now + self._settings.idle_timeout
         if self._exchange is not None:
             self._exchange.pause_response()
 
@@ -177,7 +179,7 @@ class H1Connection(Protocol):
         self._headers = []
         self._trailers = []
         self._head_bytes = 0
-        self.deadline = self._settings.sweeper.seconds() + self._settings.header_timeout
+        self.deadline = self._sweeper.now + self._settings.header_timeout
 
     def on_url(self, url: bytes) -> None:
         if self._queued is not None:
@@ -203,9 +205,11 @@ class H1Connection(Protocol):
             return
         parser = self._parser
         settings = self._settings
-        size = len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers)
-        if size > settings.max_header_bytes:
-            raise HeadRejected(431, "request head larger than --max-header-bytes")
+        # What has been read so far bounds the head; count it exactly only when that bound is over.
+        if self._head_bytes + self._read_size > settings.max_header_bytes:
+            size = len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers)
+            if size > settings.max_header_bytes:
+                raise HeadRejected(431, "request head larger than --max-header-bytes")
         method = parser.get_method()
         if method == b"CONNECT":
             raise HeadRejected(405, "CONNECT is for forward proxies; this is a reverse proxy")
@@ -229,7 +233,7 @@ class H1Connection(Protocol):
         self._response_chunked = False
         self._close_after = not self._keep_alive or head.upgrade is not None
         self._response_bytes = 0
-        self.deadline = settings.sweeper.seconds() + settings.backend_timeout
+        self.deadline = self._sweeper.now + settings.backend_timeout
         exchange = Exchange(
             front=self,
             pool=settings.pool,
@@ -247,7 +251,7 @@ class H1Connection(Protocol):
             return
         exchange = self._exchange
         if exchange is not None:
-            self.deadline = self._settings.sweeper.seconds() + self._settings.backend_timeout
+            self.deadline = self._sweeper.now + self._settings.backend_timeout
             exchange.request_body(data)
 
     def on_message_complete(self) -> None:
@@ -271,8 +275,7 @@ class H1Connection(Protocol):
             self._out.append(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, trailer_lines(headers)))
 
     def send_head(self, status: int, reason: bytes, head: ResponseHead, *, bodyless: bool) -> None:
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        lines += [b"%s: %s\r\n" % pair for pair in head.headers]
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason), head.lines]
         if head.content_length is not None and status != 204:
             lines.append(b"Content-Length: " + head.content_length + b"\r\n")
         elif not bodyless:
@@ -335,8 +338,9 @@ class H1Connection(Protocol):
     def exchange_ended(self, exchange: Exchange) -> None:
         self.flush()
         self._log_exchange()
-        self.release_reading("backend")
-        self.release_reading("connect")
+        if self._holds:
+            self.release_reading("backend")
+            self.release_reading("connect")
         if self._phase == READ:
             self._next_request()
         else:  # answered before the request was read to its end (rule 3)
@@ -350,7 +354,7 @@ class H1Connection(Protocol):
             self._close()
             return
         self._phase = IDLE
-        self.deadline = self._settings.sweeper.seconds() + self._settings.idle_timeout
+        self.deadline = self._sweeper.now + self._settings.idle_timeout
         queued = self._queued
         if queued is None:
             return
@@ -370,7 +374,7 @@ class H1Connection(Protocol):
 
     def _progress(self) -> None:
         if self._exchange is not None:
-            self.deadline = self._settings.sweeper.seconds() + self._settings.backend_timeout
+            self.deadline = self._sweeper.now + self._settings.backend_timeout
 
     def _reject(self, status: int, reason: str) -> None:
         """Answer a request that must not be forwarded, then close (rule 3)."""
@@ -400,7 +404,7 @@ class H1Connection(Protocol):
         self._closing = True
         self._exchange = None
         # A client that neither reads the rest nor answers TLS close_notify is dropped later.
-        self.deadline = self._settings.sweeper.seconds() + self._settings.idle_timeout
+        self.deadline = self._sweeper.now + self._settings.idle_timeout
         transport: Any = self.transport
         transport.unregisterProducer()  # TLS waits for its producer to go before closing
         transport.loseConnection()

@@ -70,6 +70,9 @@ class ClientInfo:
     address: bytes  # for X-Forwarded-For: ``203.0.113.7`` or ``2001:db8::1``
     forwarded_for: bytes  # for Forwarded: ``203.0.113.7`` or ``"[2001:db8::1]"``
     port_line: bytes  # ``X-Forwarded-Port: 8443\r\n``, ready to send
+    # When no earlier hop's values are kept, the forwarding lines are these two around the host.
+    plain_prefix: bytes
+    plain_suffix: bytes
 
     @classmethod
     def for_peer(
@@ -85,11 +88,14 @@ class ClientInfo:
         trusted = ip is not None and any(ip in net for net in trusted_proxies)
         address = str(ip) if ip is not None else "unknown"
         forwarded_for = f'"[{ip}]"' if isinstance(ip, ipaddress.IPv6Address) else address
+        port_line = b"X-Forwarded-Port: %d\r\n" % local_port
         return cls(
             trusted=trusted,
             address=address.encode("ascii"),
             forwarded_for=forwarded_for.encode("ascii"),
-            port_line=b"X-Forwarded-Port: %d\r\n" % local_port,
+            port_line=port_line,
+            plain_prefix=f"X-Forwarded-For: {address}\r\nForwarded: for={forwarded_for}".encode(),
+            plain_suffix=b";proto=https\r\nX-Forwarded-Proto: https\r\n" + port_line,
         )
 
 
@@ -178,10 +184,19 @@ def _forwarding_lines(
     forwarded: list[bytes],
     kept: set[bytes],
 ) -> bytes:
+    if not (forwarded_for or forwarded or kept):  # nothing from earlier hops: the common case
+        if host is None:
+            return client.plain_prefix + client.plain_suffix
+        return b'%s;host="%s"%sX-Forwarded-Host: %s\r\n' % (
+            client.plain_prefix,
+            _quoted_string_body(host),
+            client.plain_suffix,
+            host,
+        )
     xff = b", ".join([*forwarded_for, client.address])
     element = b"for=" + client.forwarded_for
     if host is not None:
-        element += b';host="' + host.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+        element += b';host="' + _quoted_string_body(host) + b'"'
     element += b";proto=https"
     fwd = b", ".join([*forwarded, element])
     lines = b"X-Forwarded-For: " + xff + b"\r\nForwarded: " + fwd + b"\r\n"
@@ -197,36 +212,38 @@ def _forwarding_lines(
     return lines
 
 
+def _quoted_string_body(value: bytes) -> bytes:
+    if b'"' in value or b"\\" in value:
+        return value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+    return value
+
+
 @dataclass(slots=True)
 class ResponseHead:
-    """A backend response head with the hop-by-hop headers taken out."""
+    """A backend response head with the hop-by-hop headers taken out, as HTTP/1.1 lines."""
 
-    headers: list[Header]
+    lines: bytes  # header lines, each ending in CRLF, without framing headers
     content_length: bytes | None
     chunked: bool
-    close: bool  # the backend said Connection: close
 
 
 def clean_response_headers(headers: Sequence[Header]) -> ResponseHead:
     """Drop hop-by-hop headers from a response head and note its framing."""
-    out: list[Header] = []
+    out: list[bytes] = []
     content_length: bytes | None = None
     chunked = False
-    close = False
     connection_tokens: list[bytes] = []
     for name, value in headers:
         lname = name.lower()
         if lname not in _RESPONSE_SPECIAL:
-            out.append((name, value))
+            out.append(b"%s: %s\r\n" % (name, value))
         elif lname == b"content-length":
             content_length = value
         elif lname == b"transfer-encoding":
             chunked = value.strip().lower().endswith(b"chunked")
         elif lname == b"connection":
-            tokens = [t.strip().lower() for t in value.split(b",")]
-            close = close or b"close" in tokens
-            connection_tokens.extend(tokens)
+            connection_tokens.extend(t.strip().lower() for t in value.split(b","))
     if any(t not in _PLAIN_CONNECTION_TOKENS for t in connection_tokens):
         named = set(connection_tokens)
-        out = [(n, v) for n, v in out if n.lower() not in named]
-    return ResponseHead(headers=out, content_length=content_length, chunked=chunked, close=close)
+        out = [line for line in out if line.split(b":", 1)[0].lower() not in named]
+    return ResponseHead(lines=b"".join(out), content_length=content_length, chunked=chunked)
