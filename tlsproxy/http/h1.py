@@ -160,13 +160,13 @@ class H1Connection(Protocol):
     def deadline_passed(self, now: float) -> None:
         self.deadline = NEVER
         if self._closing:
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self._abort_transport()
         elif self._exchange is not None and not self.write_paused:
             self._exchange.timed_out()
         elif self._phase == HEAD:
             self._reject(408, "request head not received within --header-timeout")
         else:  # idle keep-alive, or a client that stopped reading its response
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self._abort_transport()
 
     # -- reading: httptools callbacks ------------------------------------------------------------
 
@@ -322,7 +322,7 @@ class H1Connection(Protocol):
         self._exchange = None
         self._closing = True
         self._out.clear()
-        self.transport.abortConnection()  # type: ignore[union-attr]
+        self._abort_transport()
 
     def hold_reading(self, reason: str) -> None:
         if not self._holds:
@@ -408,6 +408,12 @@ class H1Connection(Protocol):
         transport: Any = self.transport
         transport.unregisterProducer()  # TLS waits for its producer to go before closing
         transport.loseConnection()
+
+    def _abort_transport(self) -> None:
+        # Reset the TCP connection under TLS: TLS's own abort sends close_notify first, which
+        # would tell the client that a truncated response ended cleanly.
+        transport: Any = self.transport
+        getattr(transport, "transport", transport).abortConnection()
 
     def _log_exchange(self) -> None:
         access_log = self._settings.access_log
