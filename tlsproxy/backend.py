@@ -134,8 +134,9 @@ class BackendConnection(Protocol):
                 raise
             # llhttp cannot be told that a response to HEAD has no body: end it by hand, and
             # reuse the connection only if nothing followed the head in this read.
+            keep_alive = self._parser.should_keep_alive()
             self._parser = httptools.HttpResponseParser(self)
-            self._message_complete(reusable=data.endswith(b"\r\n\r\n"))
+            self._message_complete(reusable=keep_alive and data.endswith(b"\r\n\r\n"))
         except httptools.HttpParserUpgrade:
             exchange.backend_failed("answered with an upgrade nobody asked for")
         except httptools.HttpParserError as e:

@@ -84,11 +84,14 @@ def parse_backend(url: str) -> BackendAddress:
         raise ConfigError(
             f"--backend {url!r}: only scheme, host, port and a path prefix are allowed; {example}"
         )
+    prefix = parts.path.rstrip("/")
+    if not prefix.isascii() or any(c.isspace() or not c.isprintable() for c in prefix):
+        raise ConfigError(
+            f"--backend {url!r}: the path prefix must be URL-encoded ASCII without spaces "
+            "(write é as %C3%A9 and a space as %20)"
+        )
     return BackendAddress(
-        url=url,
-        host=parts.hostname,
-        port=port or 80,
-        path_prefix=parts.path.rstrip("/").encode("ascii", "strict"),
+        url=url, host=parts.hostname, port=port or 80, path_prefix=prefix.encode("ascii")
     )
 
 

@@ -14,6 +14,9 @@ from typing import Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+log = Logger()
 
 NEVER = math.inf
 
@@ -51,4 +54,8 @@ class DeadlineSweeper:
         self.now = now = self._clock.seconds()
         due = [item for item in self._tracked if item.deadline <= now]
         for item in due:
-            item.deadline_passed(now)
+            try:
+                item.deadline_passed(now)
+            except Exception:
+                # One broken connection must not stop every other connection's timeouts.
+                log.failure("handling a timeout failed")

@@ -96,6 +96,11 @@ class Options(usage.Options):
         """Address range whose X-Forwarded-*/Forwarded headers are believed; repeatable [default: none]."""  # noqa: E501
         self["trusted_proxy"].append(cidr)
 
+    def parseArgs(self, *args: str) -> None:
+        if args:
+            hint = " (did you mean --backend?)" if "://" in args[0] else ""
+            raise usage.UsageError(f"unexpected argument {args[0]!r}{hint}")
+
     def parseOptions(self, options: Any = None) -> None:
         # twistd answers a usage error with pages of help; one line that names the flag is kinder.
         try:

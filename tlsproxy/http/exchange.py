@@ -107,6 +107,8 @@ class Exchange:
 
     def backend_unavailable(self, why: str) -> None:
         self._pending = None
+        if self.response_done:  # the client left while we were connecting
+            return
         self._fail(
             502,
             f"tlsproxy could not connect to the backend {self.backend_url}: {why}. "

@@ -17,6 +17,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +64,17 @@ class FrontSettings:
     access_log: AccessLog | None
 
 
+_Held = list[tuple[Callable[..., None], tuple[Any, ...]]]
+
+
+def _complete_requests(held: _Held | None) -> _Held | None:
+    """The held parser events up to the end of the last complete request."""
+    if not held:
+        return None
+    ends = [i for i, (callback, _) in enumerate(held) if callback.__name__ == "on_message_complete"]
+    return held[: ends[-1] + 1] if ends else None
+
+
 class H1Connection(Protocol):
     """One client connection speaking HTTP/1.1 (or 1.0) over TLS."""
 
@@ -79,10 +91,9 @@ class H1Connection(Protocol):
         self._head_bytes = 0  # bytes read in earlier reads while this request head was arriving
         self._read_size = 0  # bytes in the read being parsed now
         self._exchange: Exchange | None = None
-        self._queued: list[tuple[Callable[..., None], tuple[Any, ...]]] | None = None
+        self._queued: _Held | None = None
         self._holds: set[str] = set()
         self._out: list[bytes] = []
-        self._keep_alive = True
         self._http10 = False
         self._method = b""
         self._response_chunked = False
@@ -90,6 +101,7 @@ class H1Connection(Protocol):
         self._closing = False
         self._response_bytes = 0
         self._upgrade_data: bytes | None = None
+        self._read_nothing_more = False  # what followed the held requests could not be parsed
         self.write_paused = False
         self.deadline = NEVER
         self.client: ClientInfo | None = None
@@ -103,7 +115,12 @@ class H1Connection(Protocol):
             getattr(peer, "host", ""), getattr(host, "port", 0), self._settings.trusted_proxies
         )
         transport.registerProducer(self, True)
-        eagerwrite.install(getattr(transport, "transport", None))  # the TCP under TLS
+        tcp = getattr(transport, "transport", None)  # the TCP connection under TLS
+        if tcp is not None:
+            # Without it every response's last segment waits for the client's delayed ACK.
+            with contextlib.suppress(OSError, AttributeError):  # a unix socket has no Nagle
+                tcp.setTcpNoDelay(True)
+            eagerwrite.install(tcp)
         self._sweeper.track(self)
         self.deadline = self._sweeper.now + self._settings.header_timeout
 
@@ -196,28 +213,36 @@ class H1Connection(Protocol):
             self._headers.append((name, value))
             if len(self._headers) > MAX_HEADERS:
                 raise HeadRejected(431, f"more than {MAX_HEADERS} header fields")
-        else:
+        else:  # a trailer: counted against the same limit as a head
             self._trailers.append((name, value))
+            self._head_bytes += len(name) + len(value) + 4
+            if self._head_bytes > self._settings.max_header_bytes:
+                raise HeadRejected(431, "request trailers larger than --max-header-bytes")
 
     def on_headers_complete(self) -> None:
-        if self._queued is not None:
-            self._queue(self.on_headers_complete, ())
-            return
         parser = self._parser
+        # The parser's view of the request is only good now: a held (pipelined) request keeps
+        # its own copy, since the parser moves on to the requests after it.
+        args = (parser.get_method(), parser.get_http_version(), parser.should_keep_alive())
+        if self._queued is not None:
+            self._queue(self._request_head_received, args)
+        else:
+            self._request_head_received(*args)
+
+    def _request_head_received(self, method: bytes, version: str, keep_alive: bool) -> None:
         settings = self._settings
         # What has been read so far bounds the head; count it exactly only when that bound is over.
         if self._head_bytes + self._read_size > settings.max_header_bytes:
             size = len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers)
             if size > settings.max_header_bytes:
                 raise HeadRejected(431, "request head larger than --max-header-bytes")
-        method = parser.get_method()
+        self._head_bytes = 0
+        self._method = method
         if method == b"CONNECT":
             raise HeadRejected(405, "CONNECT is for forward proxies; this is a reverse proxy")
-        self._http10 = parser.get_http_version() == "1.0"
+        self._http10 = version == "1.0"
         assert self.client is not None
         head = check_request_head(self._headers, self.client, http10=self._http10)
-        self._keep_alive = parser.should_keep_alive()
-        self._method = method
         self._phase = BODY
         if head.chunked:
             framing = b"Transfer-Encoding: chunked\r\n"
@@ -231,7 +256,10 @@ class H1Connection(Protocol):
             target = settings.path_prefix + target
         request = b"%s %s HTTP/1.1\r\n%s%s\r\n" % (method, target, head.lines, framing)
         self._response_chunked = False
-        self._close_after = not self._keep_alive or head.upgrade is not None
+        # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing; close after.
+        self._close_after = (
+            not keep_alive or head.upgrade is not None or (self._http10 and head.chunked)
+        )
         self._response_bytes = 0
         self.deadline = self._sweeper.now + settings.backend_timeout
         exchange = Exchange(
@@ -307,9 +335,12 @@ class H1Connection(Protocol):
 
     def send_error(self, status: int, message: str) -> None:
         self._close_after = self._close_after or self._phase != READ
-        page = error_response(status, message, close=self._close_after)
-        self._response_bytes = len(page)
-        self._out.append(page)
+        head, body = error_response(status, message, close=self._close_after)
+        if self._method == b"HEAD":
+            self._out.append(head)
+        else:
+            self._response_bytes = len(body)
+            self._out += (head, body)
 
     def flush(self) -> None:
         out = self._out
@@ -356,11 +387,9 @@ class H1Connection(Protocol):
         self._phase = IDLE
         self.deadline = self._sweeper.now + self._settings.idle_timeout
         queued = self._queued
-        if queued is None:
-            return
         self._queued = None
         try:
-            for index, (callback, args) in enumerate(queued):
+            for index, (callback, args) in enumerate(queued or ()):
                 callback(*args)
                 if self._queued is not None:  # the replayed request is running; hold the rest
                     self._queued.extend(queued[index + 1 :])
@@ -370,7 +399,12 @@ class H1Connection(Protocol):
         except HeadRejected as rejected:
             self._reject(rejected.status, rejected.reason)
             return
-        self.release_reading("pipeline")
+        if self._read_nothing_more:
+            if self._exchange is None:
+                self._close()
+            return
+        if queued is not None:
+            self.release_reading("pipeline")
 
     def _progress(self) -> None:
         if self._exchange is not None:
@@ -385,12 +419,12 @@ class H1Connection(Protocol):
             if self._phase == BODY:  # the body being forwarded is broken: stop both sides
                 self.abort()
                 exchange.front_lost()
-            else:  # what follows a complete request is broken: answer that request, then close
-                self._close_after = True
-                self._queued = None
+            else:  # what follows is broken: answer the complete requests held so far, then close
+                self._queued = _complete_requests(self._queued)
+                self._read_nothing_more = True
                 self.hold_reading("rejected")
             return
-        self._out.append(error_response(status, reason, close=True))
+        self._out += error_response(status, reason, close=True)
         log.info(
             "rejected a request from {client}: {status} {reason}",
             client=self.client.address.decode() if self.client else "?",

@@ -165,6 +165,7 @@ def check_request_head(
     if any(t not in _PLAIN_CONNECTION_TOKENS for t in connection_tokens):
         named = {t for t in connection_tokens if t not in _PLAIN_CONNECTION_TOKENS}
         out = [line for line in out if line.split(b":", 1)[0].lower() not in named]
+        kept -= named  # a hop-by-hop X-Forwarded-* is not an earlier hop's value
     if te_trailers:
         out.append(b"TE: trailers\r\n")
     out.append(_forwarding_lines(client, host, forwarded_for, forwarded, kept))

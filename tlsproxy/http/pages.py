@@ -5,13 +5,13 @@ from __future__ import annotations
 from http import HTTPStatus
 
 
-def error_response(status: int, message: str, *, close: bool) -> bytes:
-    """A complete HTTP/1.1 response whose body says what went wrong in one sentence."""
+def error_response(status: int, message: str, *, close: bool) -> tuple[bytes, bytes]:
+    """The head and body of an HTTP/1.1 response whose body says what went wrong in a sentence."""
     phrase = HTTPStatus(status).phrase
     body = f"{status} {phrase}\n\n{message}\n".encode()
     connection = b"Connection: close\r\n" if close else b""
-    return (
+    head = (
         b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
-        b"Cache-Control: no-store\r\n%s\r\n%s"
-        % (status, phrase.encode(), len(body), connection, body)
+        b"Cache-Control: no-store\r\n%s\r\n" % (status, phrase.encode(), len(body), connection)
     )
+    return head, body

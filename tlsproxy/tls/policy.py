@@ -11,7 +11,8 @@ Rules:
 4. The server session cache is on, so clients resume within one process (no shared ticket keys:
    pyOpenSSL cannot set them). Stateless tickets stay off, as Twisted defaults, so the TLS 1.2
    ticket key never outlives forward secrecy.
-5. All of this is decided once per certificate, when the context is built; no Python runs per
+5. Idle connections release their record buffers (``SSL_MODE_RELEASE_BUFFERS``).
+6. All of this is decided once per certificate, when the context is built; no Python runs per
    handshake beyond Twisted's own ALPN callback.
 """
 
@@ -21,7 +22,7 @@ import warnings
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 
@@ -69,5 +70,8 @@ def server_connection_creator(
     # change, and it happens once per certificate, here, so say it once in the code, not per run.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Passing pyOpenSSL", category=DeprecationWarning)
-        options.getContext()
+        context = options.getContext()
+    # Idle connections hand their TLS record buffers back to the allocator (nginx does the same):
+    # tens of KiB per idle keep-alive connection otherwise.
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     return options

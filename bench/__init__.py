@@ -1,0 +1,1 @@
+"""Benchmarks: tlsproxy against nginx as TLS-terminating proxies, in the same run (see run.py)."""

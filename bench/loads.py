@@ -1,0 +1,280 @@
+"""Load generators: wrk for request rates and throughput, our own clients where wrk can't do it.
+
+wrk and h2load both resume TLS sessions when they reconnect (checked with nginx logging
+``$ssl_session_reused``: all but the first handshake per connection slot were resumed), so the
+new-connection client is ours: each connection gets a fresh ``SSLSocket`` without ``session=``,
+and it counts ``session_reused`` to prove that no handshake was abbreviated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.process import rss_kib
+
+_WRK_SCRIPT = """
+{setup}
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("WRK-RESULT %d %d %d %d %d %d %d %d\\n",
+    summary.requests, summary.bytes, summary.duration,
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What one load run achieved."""
+
+    requests: int
+    bytes_read: int
+    bytes_sent_body: int
+    seconds: float
+    errors: int  # socket errors, timeouts and non-2xx/3xx responses
+    note: str = ""
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+
+def run_wrk(
+    wrk: str,
+    url: str,
+    *,
+    connections: int,
+    duration: float,
+    script_dir: Path,
+    post_bytes: int = 0,
+) -> LoadResult:
+    """``wrk -t1 -cN -dS`` over HTTPS with keep-alive; POSTs a body of ``post_bytes`` if > 0."""
+    setup = ""
+    if post_bytes:
+        setup = (
+            'wrk.method = "POST"\n'
+            f'wrk.body = string.rep("x", {post_bytes})\n'
+            'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+        )
+    script = script_dir / f"wrk-{post_bytes}.lua"
+    script.write_text(_WRK_SCRIPT.format(setup=setup))
+    argv = [
+        wrk, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
+        "--timeout", "30s", "-s", str(script), url,
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
+    for line in done.stdout.splitlines():
+        if line.startswith("WRK-RESULT "):
+            req, nbytes, usec, *errs = (int(v) for v in line.split()[1:])
+            return LoadResult(
+                requests=req,
+                bytes_read=nbytes,
+                bytes_sent_body=req * post_bytes,
+                seconds=usec / 1e6,
+                errors=sum(errs),
+                note=" ".join(
+                    f"{k}={v}"
+                    for k, v in zip(
+                        ("connect", "read", "write", "status", "timeout"), errs, strict=True
+                    )
+                    if v
+                ),
+            )
+    raise RuntimeError(
+        f"wrk gave no result (exit {done.returncode}): {' '.join(argv)}\n"
+        f"{done.stdout}\n{done.stderr}"
+    )
+
+
+def client_context() -> ssl.SSLContext:
+    """A client context that trusts the bench's throwaway certificate and never resumes."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def read_response(sock: ssl.SSLSocket) -> int:
+    """Read one HTTP/1.1 response with a Content-Length body; return its status code."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"connection closed inside the response head: {buf[:80]!r}")
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed inside the response body")
+        body += chunk
+    return status
+
+
+def _request(path: str, *, close: bool) -> bytes:
+    conn = b"Connection: close\r\n" if close else b""
+    return b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + conn + b"\r\n"
+
+
+def _handshake_worker(port: int, path: str, seconds: float, limit: int) -> tuple[int, int, int]:
+    """Full handshake + one ``Connection: close`` request per connection, until time is up."""
+    ctx = client_context()
+    request = _request(path, close=True)
+    done = reused = errors = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and done + errors < limit:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with ctx.wrap_socket(raw) as tls:
+                    tls.sendall(request)
+                    status = read_response(tls)
+                    reused += bool(tls.session_reused)
+            if status == 200:
+                done += 1
+            else:
+                errors += 1
+        except (OSError, ValueError, IndexError):
+            errors += 1
+            time.sleep(0.01)  # a refusing server must not turn this into a busy loop
+    return done, reused, errors
+
+
+def run_handshakes(port: int, *, path: str, duration: float, processes: int) -> LoadResult:
+    """New TLS connections/s from ``processes`` forked clients (they inherit the bench's CPU)."""
+    limit = 1_000_000  # per process; the time bound normally ends it first
+    mp = multiprocessing.get_context("fork")
+    start = time.monotonic()
+    with mp.Pool(processes) as pool:
+        results = pool.starmap(_handshake_worker, [(port, path, duration, limit)] * processes)
+    seconds = time.monotonic() - start
+    done = sum(r[0] for r in results)
+    reused = sum(r[1] for r in results)
+    errors = sum(r[2] for r in results)
+    if reused:
+        raise RuntimeError(f"{reused} of {done} handshakes were resumed: the client is broken")
+    return LoadResult(
+        requests=done, bytes_read=0, bytes_sent_body=0, seconds=seconds, errors=errors,
+        note=f"resumed={reused}",
+    )  # fmt: skip
+
+
+def open_idle(port: int, count: int, *, timeout: float) -> list[ssl.SSLSocket]:
+    """Open ``count`` TLS connections (handshake done, nothing sent) and keep them."""
+    ctx = client_context()
+    held: list[ssl.SSLSocket] = []
+    deadline = time.monotonic() + timeout
+    try:
+        for _ in range(count):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"opened only {len(held)} of {count} in {timeout:.0f}s")
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            held.append(ctx.wrap_socket(raw))
+    except BaseException:
+        close_all(held)
+        raise
+    return held
+
+
+def request_each(held: list[ssl.SSLSocket], path: str) -> int:
+    """One keep-alive GET on every held connection; return how many answered 200."""
+    request = _request(path, close=False)
+    sent: list[ssl.SSLSocket] = []
+    for tls in held:
+        with contextlib.suppress(OSError):
+            tls.sendall(request)
+            sent.append(tls)
+    answered = 0
+    for tls in sent:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            answered += read_response(tls) == 200
+    return answered
+
+
+def close_all(held: list[ssl.SSLSocket]) -> None:
+    for tls in held:
+        with contextlib.suppress(OSError):
+            tls.close()
+
+
+@dataclass
+class RssSampler:
+    """Samples a process's VmRSS every ``interval`` seconds in a thread."""
+
+    pid: int
+    interval: float = 0.1
+    samples: list[int] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> RssSampler:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError, RuntimeError):
+                self.samples.append(rss_kib(self.pid))
+            self._stop.wait(self.interval)
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One curl transfer's outcome."""
+
+    direction: str
+    nbytes: int
+    seconds: float
+    status: int
+    ok: bool
+    detail: str
+
+
+def start_curl(
+    curl: str, url: str, *, upload: Path | None, timeout: float
+) -> subprocess.Popen[str]:
+    """A streaming transfer: download to /dev/null, or upload ``upload`` with Content-Length."""
+    argv = [
+        curl, "-sS", "-k", "--http1.1", "--max-time", str(int(timeout)),
+        "-o", "/dev/null", "-H", "Expect:",
+        "-w", "%{http_code} %{size_download} %{size_upload} %{time_total}",
+    ]  # fmt: skip
+    if upload is not None:
+        argv += ["-X", "POST", "-T", str(upload)]
+    argv.append(url)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_curl(
+    proc: subprocess.Popen[str], *, direction: str, expected: int, timeout: float
+) -> Transfer:
+    out, err = proc.communicate(timeout=timeout + 30)
+    try:
+        code, down, up, total = out.split()
+        status, nbytes = int(code), int(up if direction == "up" else down)
+        seconds = float(total)
+    except ValueError:
+        return Transfer(direction, 0, 0.0, 0, False, f"curl said {out!r} {err.strip()!r}")
+    ok = proc.returncode == 0 and status == 200 and nbytes == expected
+    return Transfer(direction, nbytes, seconds, status, ok, err.strip())
