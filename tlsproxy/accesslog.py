@@ -52,7 +52,8 @@ class AccessLog:
                 referer = value
             elif lname == b"user-agent":
                 user_agent = value
-        request = b"%s %s %s" % (method, target, version)
+        # A request refused before its head was understood has no request line to show.
+        request = b"%s %s %s" % (method, target, version) if method else b"-"
         self._stream.write(
             f'{client.decode()} - - [{self._timestamp()}] "{_quote(request)}" {status} '
             f'{size or "-"} "{_quote(referer)}" "{_quote(user_agent)}"\n'

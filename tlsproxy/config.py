@@ -128,7 +128,7 @@ def _listeners(options: Mapping[str, Any]) -> tuple[Listener, ...]:
     except ValueError:
         raise ConfigError(f"--port {options['port']!r} is not a port number") from None
     if not 0 <= port <= 65535:
-        raise ConfigError(f"--port {port} is out of range; use 1-65535")
+        raise ConfigError(f"--port {port} is out of range; use 1-65535 (or 0 for any free port)")
     interfaces: Sequence[str] = options["interface"] or DEFAULT_INTERFACES
     listeners = []
     for interface in interfaces:

@@ -98,7 +98,8 @@ def url_of(port: IListeningPort) -> str:
     address: Any = port.getHost()
     host = getattr(address, "host", None)
     if host is None:
-        return f"unix:{getattr(address, 'name', '?')}"
+        name = getattr(address, "name", None) or b"?"
+        return f"unix:{name.decode() if isinstance(name, bytes) else name}"
     if ":" in host:
         host = f"[{host}]"
     return f"https://{host}:{address.port}/"

@@ -78,6 +78,36 @@ def _complete_requests(held: _Held | None) -> _Held | None:
 class H1Connection(Protocol):
     """One client connection speaking HTTP/1.1 (or 1.0) over TLS."""
 
+    # Thousands of these sit idle at once: slots keep each one small.
+    __slots__ = (
+        "_close_after",
+        "_closing",
+        "_exchange",
+        "_head_bytes",
+        "_headers",
+        "_holds",
+        "_http10",
+        "_max_uri_bytes",
+        "_method",
+        "_on_close",
+        "_out",
+        "_parser",
+        "_phase",
+        "_queued",
+        "_read_nothing_more",
+        "_read_size",
+        "_response_bytes",
+        "_response_chunked",
+        "_settings",
+        "_sweeper",
+        "_trailers",
+        "_upgrade_data",
+        "_url",
+        "client",
+        "deadline",
+        "write_paused",
+    )
+
     def __init__(self, settings: FrontSettings, on_close: Callable[[H1Connection], None]) -> None:
         self._settings = settings
         self._sweeper = settings.sweeper
@@ -192,6 +222,7 @@ class H1Connection(Protocol):
             self._queue(self.on_message_begin, ())
             return
         self._phase = HEAD
+        self._method = b""
         self._url = b""
         self._headers = []
         self._trailers = []
@@ -381,6 +412,9 @@ class H1Connection(Protocol):
 
     def _next_request(self) -> None:
         self._exchange = None
+        # An idle connection holds nothing of the request it answered.
+        self._url = b""
+        self._headers = self._trailers = []
         if self._close_after or self._upgrade_data is not None:
             self._close()
             return
@@ -424,7 +458,9 @@ class H1Connection(Protocol):
                 self._read_nothing_more = True
                 self.hold_reading("rejected")
             return
-        self._out += error_response(status, reason, close=True)
+        head, body = error_response(status, reason, close=True)
+        self._out += (head, body)
+        self._log_request(status, len(body))
         log.info(
             "rejected a request from {client}: {status} {reason}",
             client=self.client.address.decode() if self.client else "?",
@@ -450,16 +486,19 @@ class H1Connection(Protocol):
         getattr(transport, "transport", transport).abortConnection()
 
     def _log_exchange(self) -> None:
+        if self._exchange is not None and self._settings.access_log is not None:
+            self._log_request(self._exchange.status, self._response_bytes)
+
+    def _log_request(self, status: int, size: int) -> None:
         access_log = self._settings.access_log
-        exchange = self._exchange
-        if access_log is None or exchange is None or self.client is None:
+        if access_log is None or self.client is None:
             return
         access_log.record(
             client=self.client.address,
             method=self._method,
             target=self._url,
             version=b"HTTP/1.0" if self._http10 else b"HTTP/1.1",
-            status=exchange.status,
-            size=self._response_bytes,
+            status=status,
+            size=size,
             headers=self._headers,
         )

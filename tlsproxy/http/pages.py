@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
+# Where RFC 9110 renamed a status after Python's table was written.
+_PHRASES = {413: "Content Too Large", 414: "URI Too Long", 422: "Unprocessable Content"}
+
 
 def error_response(status: int, message: str, *, close: bool) -> tuple[bytes, bytes]:
     """The head and body of an HTTP/1.1 response whose body says what went wrong in a sentence."""
-    phrase = HTTPStatus(status).phrase
+    phrase = _PHRASES.get(status) or HTTPStatus(status).phrase
     body = f"{status} {phrase}\n\n{message}\n".encode()
     connection = b"Connection: close\r\n" if close else b""
     head = (

@@ -1,0 +1,118 @@
+"""tlsproxy.accesslog: Combined Log Format lines, as Apache and nginx write them."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from tlsproxy.accesslog import AccessLog
+from tlsproxy.http.headers import Header
+
+JUNE_1_NOON = 1_780_315_200.0  # 2026-06-01 12:00:00 UTC
+
+
+@dataclass
+class FakeTime:
+    """Stands in for the ``time`` module: only ``time()`` is used."""
+
+    now: float = JUNE_1_NOON
+
+    def time(self) -> float:
+        return self.now
+
+
+def record(
+    log: AccessLog,
+    *,
+    headers: list[Header] | None = None,
+    target: bytes = b"/",
+    status: int = 200,
+    size: int = 5,
+) -> None:
+    log.record(
+        client=b"203.0.113.7",
+        method=b"GET",
+        target=target,
+        version=b"HTTP/1.1",
+        status=status,
+        size=size,
+        headers=headers or [],
+    )
+
+
+def test_line_is_combined_log_format() -> None:
+    """host ident user [time] "request" status bytes "referer" "user-agent", one per line."""
+    stream = io.StringIO()
+    log = AccessLog(stream, clock=FakeTime())
+    record(
+        log,
+        target=b"/a?b=c",
+        headers=[(b"User-Agent", b"curl/8.5"), (b"referer", b"https://x.example/")],
+    )
+    assert stream.getvalue() == (
+        '203.0.113.7 - - [01/Jun/2026:12:00:00 +0000] "GET /a?b=c HTTP/1.1" 200 5 '
+        '"https://x.example/" "curl/8.5"\n'
+    )
+
+
+def test_missing_values_are_dashes() -> None:
+    """No Referer, no User-Agent and an empty body are written as "-"."""
+    stream = io.StringIO()
+    record(AccessLog(stream, clock=FakeTime()), size=0, status=204)
+    assert stream.getvalue().endswith('"GET / HTTP/1.1" 204 - "-" "-"\n')
+
+
+def test_quotes_and_backslashes_are_escaped() -> None:
+    """A quote in a logged value cannot end the field early (log parsers split on them)."""
+    stream = io.StringIO()
+    record(
+        AccessLog(stream, clock=FakeTime()),
+        target=b'/"q"',
+        headers=[(b"User-Agent", b'evil" 200 1 "x\\')],
+    )
+    line = stream.getvalue()
+    assert '"GET /\\"q\\" HTTP/1.1"' in line
+    assert line.endswith('"evil\\" 200 1 \\"x\\\\"\n')
+
+
+def test_non_ascii_bytes_are_logged_not_refused() -> None:
+    """obs-text in a header (bytes 0x80-0xff) is written as Latin-1 instead of failing."""
+    stream = io.StringIO()
+    record(AccessLog(stream, clock=FakeTime()), headers=[(b"User-Agent", b"caf\xe9")])
+    assert stream.getvalue().endswith('"caf\u00e9"\n')
+
+
+def test_timestamp_follows_the_clock_second_by_second() -> None:
+    """The cached timestamp changes when the second does."""
+    stream = io.StringIO()
+    clock = FakeTime()
+    log = AccessLog(stream, clock=clock)
+    record(log)
+    clock.now += 0.5
+    record(log)
+    clock.now += 0.5
+    record(log)
+    stamps = [line.split("[")[1].split("]")[0] for line in stream.getvalue().splitlines()]
+    assert stamps == [
+        "01/Jun/2026:12:00:00 +0000",
+        "01/Jun/2026:12:00:00 +0000",
+        "01/Jun/2026:12:00:01 +0000",
+    ]
+
+
+def test_flush_and_close_reach_the_stream() -> None:
+    """flush and close are passed to the underlying stream."""
+
+    class Stream(io.StringIO):
+        flushed = 0
+
+        def flush(self) -> None:
+            self.flushed += 1
+            super().flush()
+
+    stream = Stream()
+    log = AccessLog(stream, clock=FakeTime())
+    log.flush()
+    assert stream.flushed == 1
+    log.close()
+    assert stream.closed

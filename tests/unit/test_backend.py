@@ -1,0 +1,186 @@
+"""tlsproxy.backend: where the backend is, and the keep-alive pool of connections to it."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet import error as net_error
+
+from tests.unit.harness import Backend, Proxy, request, response, split_head
+from tlsproxy import backend as backend_module
+from tlsproxy.backend import BackendAddress
+
+
+def address(host: str) -> BackendAddress:
+    return BackendAddress(url=f"http://{host}:8000", host=host, port=8000, path_prefix=b"")
+
+
+def answered(proxy: Proxy, target: bytes = b"/") -> Backend:
+    """One complete exchange on a new client connection; the backend connection it used."""
+    client = proxy.connect()
+    client.send(request(target))
+    backend = proxy.accept()
+    backend.received()
+    backend.send(response(body=b"ok"))
+    assert client.received().endswith(b"ok")
+    return backend
+
+
+# --- BackendAddress -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST", "localhost."])
+def test_localhost_means_both_loopback_addresses(host: str) -> None:
+    """localhost is tried as 127.0.0.1 and then ::1, as browsers do."""
+    assert address(host).candidates() == ["127.0.0.1", "::1"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "app.internal"])
+def test_other_hosts_are_tried_as_given(host: str) -> None:
+    """Any other host is a single candidate."""
+    assert address(host).candidates() == [host]
+
+
+# --- connecting -----------------------------------------------------------------------------
+
+
+def test_localhost_falls_back_to_ipv6_and_remembers_it() -> None:
+    """A refused 127.0.0.1 is followed by ::1; the address that answered is tried first next."""
+    proxy = Proxy(backend_url="http://localhost:8000")
+    first = proxy.connect()
+    first.send(request())
+    proxy.refuse()
+    assert [c[:2] for c in proxy.connects] == [("127.0.0.1", 8000), ("::1", 8000)]
+    backend = proxy.accept()
+    assert backend.received().startswith(b"GET / HTTP/1.1\r\n")
+    proxy.connect().send(request(b"/concurrent"))  # the only connection is busy: a new one
+    assert proxy.connects[-1][:2] == ("::1", 8000)
+
+
+def test_localhost_with_nothing_listening_gets_502_naming_the_backend() -> None:
+    """When both loopback addresses refuse, the client gets 502 naming the --backend URL."""
+    proxy = Proxy(backend_url="http://localhost:8000")
+    client = proxy.connect()
+    client.send(request())
+    proxy.refuse()
+    proxy.refuse()
+    lines, body = split_head(client.received())
+    assert lines[0] == b"HTTP/1.1 502 Bad Gateway"
+    assert b"http://localhost:8000" in body
+    assert b"connection refused" in body
+
+
+def test_host_name_backend_is_resolved_and_connected() -> None:
+    """A backend given by name is resolved, then connected on the --backend port."""
+    proxy = Proxy(backend_url="http://app.internal:9000")
+    proxy.connect().send(request())
+    proxy.clock.advance(0)
+    assert [c[:2] for c in proxy.connects] == [("127.0.0.1", 9000)]
+    assert proxy.accept().received().startswith(b"GET / HTTP/1.1\r\n")
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (net_error.ConnectionRefusedError(), b"connection refused"),
+        (net_error.TimeoutError(), b"connection timed out"),
+        (net_error.TCPTimedOutError(), b"connection timed out"),
+        (net_error.DNSLookupError("app.internal"), b"host name not found"),
+        (net_error.NoRouteError(), b"No route to host"),
+    ],
+)
+def test_connect_failures_are_explained_in_the_502(error: Exception, said: bytes) -> None:
+    """Each way a connection attempt fails is said plainly in the 502 page."""
+    proxy = Proxy()
+    client = proxy.connect()
+    client.send(request())
+    proxy.refuse(error)
+    _, body = split_head(client.received())
+    assert said in body
+    assert body.count(b"\n") == 3  # status, blank line, one sentence: no traceback
+
+
+def test_new_connection_is_a_tcp_nodelay_producer() -> None:
+    """Backend connections disable Nagle and register for back-pressure on their transport."""
+    proxy = Proxy()
+    proxy.connect().send(request())
+    backend = proxy.accept()
+    assert backend.transport.tcp_no_delay
+    assert backend.transport.producer is backend.connection
+    assert backend.transport.streaming
+
+
+# --- the pool -------------------------------------------------------------------------------
+
+
+def test_idle_connections_are_reused_warmest_first() -> None:
+    """Two idle connections: the one released last is handed out first (LIFO)."""
+    proxy = Proxy()
+    one, two = proxy.connect(), proxy.connect()
+    one.send(request(b"/1"))
+    two.send(request(b"/2"))
+    first, second = proxy.accept(), proxy.accept()
+    first.received()
+    second.received()
+    first.send(response(body=b"1"))
+    second.send(response(body=b"2"))
+    proxy.connect().send(request(b"/3"))
+    assert proxy.pending_connects == 0
+    assert first.received() == b""
+    assert second.received().startswith(b"GET /3 ")
+
+
+def test_idle_connection_closed_by_backend_is_forgotten() -> None:
+    """A pooled connection the backend closes is dropped from the pool, not handed out."""
+    proxy = Proxy()
+    backend = answered(proxy)
+    backend.close()
+    proxy.connect().send(request(b"/2"))
+    assert proxy.pending_connects == 1
+
+
+def test_pool_keeps_at_most_its_limit_of_idle_connections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Connections released beyond the idle limit are closed instead of kept."""
+    monkeypatch.setattr(backend_module, "MAX_IDLE_CONNECTIONS", 1)
+    proxy = Proxy()
+    one, two = proxy.connect(), proxy.connect()
+    one.send(request(b"/1"))
+    two.send(request(b"/2"))
+    first, second = proxy.accept(), proxy.accept()
+    first.send(response(body=b"1"))
+    second.send(response(body=b"2"))
+    assert not first.closing
+    assert second.closing
+
+
+def test_close_idle_closes_every_idle_connection() -> None:
+    """Shutting down closes the idle connections cleanly."""
+    proxy = Proxy()
+    backend = answered(proxy)
+    proxy.pool.close_idle()
+    assert backend.closing
+    assert not backend.aborted
+    proxy.connect().send(request(b"/2"))
+    assert proxy.pending_connects == 1
+
+
+def test_connection_busy_with_one_exchange_is_not_shared() -> None:
+    """A second exchange while the only connection is busy gets a connection of its own."""
+    proxy = Proxy()
+    proxy.connect().send(request(b"/1"))
+    busy = proxy.accept()
+    proxy.connect().send(request(b"/2"))
+    assert proxy.pending_connects == 1
+    assert busy.received().startswith(b"GET /1 ")
+
+
+def test_connection_with_unfinished_request_is_not_pooled() -> None:
+    """A response that ends before its request body does leaves its connection out of the pool."""
+    proxy = Proxy()
+    client = proxy.connect()
+    client.send(request(method=b"POST", headers=[b"Content-Length: 10"], body=b"abc"))
+    backend = proxy.accept()
+    backend.send(response(b"413 Content Too Large", body=b""))
+    assert backend.aborted
+    assert client.closing

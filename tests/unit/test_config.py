@@ -1,0 +1,324 @@
+"""tlsproxy.config: every bad flag is refused once, in one line that names the flag and the fix."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from tests.certfactory import NOW, make_leaf, write_pair
+from tlsproxy.config import Config, ConfigError, Listener, build_config, parse_backend
+from tlsproxy.tap import Options
+
+BACKEND = "http://127.0.0.1:8000"
+
+
+def configure(tmp_path: Path, *argv: str) -> Config:
+    """Parse ``argv`` as ``twistd tlsproxy`` would and build the Config (dev certs in tmp_path)."""
+    options = Options()
+    options.parseOptions(["--certs-dir", str(tmp_path / "certs"), *argv])
+    values = {name.replace("-", "_"): value for name, value in options.items()}
+    return build_config(values, now=NOW)
+
+
+def refusal(tmp_path: Path, *argv: str) -> str:
+    """The ConfigError message for ``argv``, checked to be a single line."""
+    with pytest.raises(ConfigError) as caught:
+        configure(tmp_path, *argv)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+# --- a good configuration -------------------------------------------------------------------
+
+
+def test_backend_alone_is_a_complete_configuration(tmp_path: Path) -> None:
+    """Only --backend: both loopback listeners on 8443, default limits, a development cert."""
+    config = configure(tmp_path, "--backend", BACKEND)
+    assert (config.backend.host, config.backend.port, config.backend.path_prefix) == (
+        "127.0.0.1",
+        8000,
+        b"",
+    )
+    assert config.listeners == (
+        Listener("tcp:8443:interface=127.0.0.1", optional=True),
+        Listener(r"tcp6:8443:interface=\:\:1", optional=True),
+    )
+    assert config.limits.max_header_bytes == 64 * 1024
+    assert config.dev_certificates is not None
+    assert config.certificate.cert_path == config.dev_certificates.cert_path
+    assert config.trusted_proxies == ()
+    assert config.access_log is None
+
+
+def test_given_certificate_pair_is_loaded_instead_of_a_development_one(tmp_path: Path) -> None:
+    """--cert and --key are loaded and checked; no development CA is made."""
+    cert, key = write_pair(tmp_path, make_leaf())
+    config = configure(tmp_path, "--backend", BACKEND, "--cert", str(cert), "--key", str(key))
+    assert config.dev_certificates is None
+    assert config.certificate.cert_path == cert
+    assert not (tmp_path / "certs").exists()
+
+
+def test_explicit_interfaces_and_port_must_all_listen(tmp_path: Path) -> None:
+    """--interface given by the user is not optional, and IPv6 colons are escaped for Twisted."""
+    config = configure(
+        tmp_path,
+        "--backend",
+        BACKEND,
+        "--port",
+        "9443",
+        "--interface",
+        "::",
+        "--interface",
+        "0.0.0.0",
+    )
+    assert config.listeners == (
+        Listener(r"tcp6:9443:interface=\:\:"),
+        Listener("tcp:9443:interface=0.0.0.0"),
+    )
+
+
+def test_listen_replaces_port_and_interface(tmp_path: Path) -> None:
+    """--listen endpoints are used as given, instead of --port/--interface."""
+    config = configure(
+        tmp_path,
+        "--backend",
+        BACKEND,
+        "--port",
+        "1",
+        "--listen",
+        "unix:/run/p.sock",
+        "--listen",
+        "tcp:9000",
+    )
+    assert config.listeners == (Listener("unix:/run/p.sock"), Listener("tcp:9000"))
+
+
+def test_trusted_proxies_and_limits_are_parsed(tmp_path: Path) -> None:
+    """Repeatable --trusted-proxy ranges (host bits allowed) and numeric limits become values."""
+    config = configure(
+        tmp_path,
+        "--backend",
+        BACKEND,
+        "--trusted-proxy",
+        "10.1.2.3/8",
+        "--trusted-proxy",
+        "2001:db8::1",
+        "--backend-timeout",
+        "2.5",
+        "--max-header-bytes",
+        "8192",
+    )
+    assert config.trusted_proxies == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("2001:db8::1/128"),
+    )
+    assert config.limits.backend_timeout == 2.5
+    assert config.limits.max_header_bytes == 8192
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port", "prefix"),
+    [
+        ("http://127.0.0.1:8000", "127.0.0.1", 8000, b""),
+        ("http://localhost", "localhost", 80, b""),
+        ("http://[::1]:8000/", "::1", 8000, b""),
+        ("http://app.internal:9000/api/v1/", "app.internal", 9000, b"/api/v1"),
+        ("HTTP://Example.COM:8000/x", "example.com", 8000, b"/x"),
+    ],
+)
+def test_backend_urls_are_parsed(url: str, host: str, port: int, prefix: bytes) -> None:
+    """Host, port (80 by default) and a path prefix without its trailing slash."""
+    backend = parse_backend(url)
+    assert (backend.host, backend.port, backend.path_prefix, backend.url) == (
+        host,
+        port,
+        prefix,
+        url,
+    )
+
+
+# --- bad flags: each names the flag and the fix ---------------------------------------------
+
+
+def test_missing_backend_says_it_is_required(tmp_path: Path) -> None:
+    """No --backend: say it is required and show one."""
+    message = refusal(tmp_path)
+    assert "--backend is required" in message
+    assert "e.g. --backend http://127.0.0.1:8000" in message
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("https://127.0.0.1:8443", "plain http:// URL"),
+        ("127.0.0.1:8000", "plain http:// URL"),
+        ("localhost:8000", "plain http:// URL"),
+        ("http://:8000", "has no host"),
+        ("http://127.0.0.1:99999", "not a valid URL"),
+        ("http://127.0.0.1:http", "not a valid URL"),
+        ("http://127.0.0.1:8000/?x=1", "only scheme, host, port and a path prefix"),
+        ("http://127.0.0.1:8000/#top", "only scheme, host, port and a path prefix"),
+        ("http://user:pw@127.0.0.1:8000", "only scheme, host, port and a path prefix"),
+    ],
+)
+def test_bad_backend_url_is_explained(tmp_path: Path, url: str, says: str) -> None:
+    """Each malformed --backend is refused with what is wrong and an example of a good one."""
+    message = refusal(tmp_path, "--backend", url)
+    assert message.startswith(f"--backend {url!r}")
+    assert says in message
+    assert "e.g. --backend http://127.0.0.1:8000" in message
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8000/caf\u00e9", "http://127.0.0.1:8000/a b"])
+def test_backend_path_that_cannot_be_sent_is_refused(tmp_path: Path, url: str) -> None:
+    """A path prefix that would not make a valid request line (non-ASCII, a space) is a
+    ConfigError naming --backend, not a traceback or a broken request later."""
+    message = refusal(tmp_path, "--backend", url)
+    assert "--backend" in message
+
+
+@pytest.mark.parametrize(
+    "flag", ["--header-timeout", "--idle-timeout", "--backend-timeout", "--connect-timeout"]
+)
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("soon", "is not a number of seconds"),
+        ("0", "must be greater than 0"),
+        ("-3", "must be greater than 0"),
+        ("inf", "must be greater than 0"),
+        ("nan", "must be greater than 0"),
+    ],
+)
+def test_bad_timeouts_are_explained(tmp_path: Path, flag: str, value: str, says: str) -> None:
+    """Every timeout must be a positive, finite number of seconds."""
+    message = refusal(tmp_path, "--backend", BACKEND, flag, value)
+    assert message.startswith(flag + " ")
+    assert says in message
+
+
+@pytest.mark.parametrize("flag", ["--max-header-bytes", "--max-connections"])
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("lots", "is not a whole number"),
+        ("1.5", "is not a whole number"),
+        ("0", "must be greater than 0"),
+    ],
+)
+def test_bad_counts_are_explained(tmp_path: Path, flag: str, value: str, says: str) -> None:
+    """Limits that count things must be positive whole numbers."""
+    message = refusal(tmp_path, "--backend", BACKEND, flag, value)
+    assert message.startswith(flag + " ")
+    assert says in message
+
+
+def test_tiny_max_header_bytes_is_refused(tmp_path: Path) -> None:
+    """A head limit below 1 KiB would break ordinary browsers: refused, saying so."""
+    message = refusal(tmp_path, "--backend", BACKEND, "--max-header-bytes", "512")
+    assert message.startswith("--max-header-bytes")
+    assert "browser" in message
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [("https", "is not a port number"), ("70000", "use 1-65535"), ("-1", "use 1-65535")],
+)
+def test_bad_port_is_explained(tmp_path: Path, value: str, says: str) -> None:
+    """--port must be a number in the TCP range."""
+    message = refusal(tmp_path, "--backend", BACKEND, "--port", value)
+    assert message.startswith("--port")
+    assert says in message
+
+
+def test_interface_must_be_an_address(tmp_path: Path) -> None:
+    """--interface takes an IP address; a name gets an example of what to give instead."""
+    message = refusal(tmp_path, "--backend", BACKEND, "--interface", "localhost")
+    assert message.startswith("--interface 'localhost' is not an IP address")
+    assert "e.g. --interface 127.0.0.1" in message
+
+
+@pytest.mark.parametrize("description", ["ssl:8443", "tls:8443", "TLS:8443", "le:/tmp:tcp:443"])
+def test_tls_listen_endpoints_are_refused(tmp_path: Path, description: str) -> None:
+    """tlsproxy adds TLS itself, so --listen wants a plain endpoint and says so."""
+    message = refusal(tmp_path, "--backend", BACKEND, "--listen", description)
+    assert message.startswith(f"--listen {description!r}")
+    assert "give a plain endpoint such as tcp:8443" in message
+
+
+def test_unknown_listen_endpoint_lists_the_known_ones(tmp_path: Path) -> None:
+    """An unknown endpoint type is refused with the list of those supported."""
+    message = refusal(tmp_path, "--backend", BACKEND, "--listen", "udp:53")
+    assert message.startswith("--listen 'udp:53'")
+    assert "tcp:, tcp6:, unix:, systemd:" in message
+
+
+@pytest.mark.parametrize("value", ["10.0.0.0/33", "ten", "10.0.0.0/8/8"])
+def test_bad_trusted_proxy_is_explained(tmp_path: Path, value: str) -> None:
+    """--trusted-proxy takes an address or a CIDR range, with an example."""
+    message = refusal(tmp_path, "--backend", BACKEND, "--trusted-proxy", value)
+    assert message.startswith(f"--trusted-proxy {value!r}")
+    assert "e.g. --trusted-proxy 10.0.0.0/8" in message
+
+
+@pytest.mark.parametrize("value", ["bad name", "-leading.example", "a..b", "x" * 64 + ".example"])
+def test_bad_hostname_is_explained(tmp_path: Path, value: str) -> None:
+    """--hostname must be a DNS name or an IP address."""
+    message = refusal(tmp_path, "--backend", BACKEND, "--hostname", value)
+    assert message.startswith(f"--hostname {value!r}")
+
+
+def test_access_log_in_a_missing_directory_is_refused(tmp_path: Path) -> None:
+    """--access-log into a directory that does not exist names the directory."""
+    path = tmp_path / "nowhere" / "access.log"
+    message = refusal(tmp_path, "--backend", BACKEND, "--access-log", str(path))
+    assert message.startswith(f"--access-log {path}")
+    assert str(tmp_path / "nowhere") in message
+
+
+def test_access_log_to_stdout_is_accepted(tmp_path: Path) -> None:
+    """--access-log - means standard output."""
+    assert configure(tmp_path, "--backend", BACKEND, "--access-log", "-").access_log == "-"
+
+
+def test_key_without_cert_is_refused(tmp_path: Path) -> None:
+    """--key alone is refused, offering both ways out."""
+    _, key = write_pair(tmp_path, make_leaf())
+    message = refusal(tmp_path, "--backend", BACKEND, "--key", str(key))
+    assert message == "--key needs --cert too (or give neither for a development certificate)"
+
+
+def test_missing_certificate_file_is_a_config_error(tmp_path: Path) -> None:
+    """A --cert that does not exist stops startup with a one-line message naming the file."""
+    missing = tmp_path / "missing.pem"
+    message = refusal(tmp_path, "--backend", BACKEND, "--cert", str(missing))
+    assert str(missing) in message
+
+
+def test_unreadable_passphrase_file_is_explained(tmp_path: Path) -> None:
+    """--key-passphrase-file that cannot be read says so and why."""
+    cert, key = write_pair(tmp_path, make_leaf())
+    missing = tmp_path / "pass.txt"
+    message = refusal(
+        tmp_path,
+        "--backend",
+        BACKEND,
+        "--cert",
+        str(cert),
+        "--key",
+        str(key),
+        "--key-passphrase-file",
+        str(missing),
+    )
+    assert message.startswith(f"--key-passphrase-file {missing}: cannot read it")
+    assert "No such file" in message
+
+
+def test_backend_error_is_found_before_certificates_are_made(tmp_path: Path) -> None:
+    """A bad flag stops everything before any file is written."""
+    refusal(tmp_path, "--backend", "https://x")
+    assert not (tmp_path / "certs").exists()
