@@ -8,8 +8,9 @@ from typing import Any
 from twisted.internet import error as net_error
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnectionCreator
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
@@ -65,6 +66,19 @@ _PLAIN_HTTP_ANSWER = (
 
 class _FrontTLS(TLSMemoryBIOProtocol):
     """TLS on the client connection, which answers plain HTTP with a hint instead of silence."""
+
+    def makeConnection(self, transport: Any) -> None:
+        # TLSMemoryBIOProtocol.makeConnection, less its loop that re-declares each of the
+        # transport's interfaces on the wrapper one call at a time (each call replacing the
+        # last): about a tenth of the CPU of a new connection. ProtocolWrapper.makeConnection
+        # declares them all in one call. Covered by every end-to-end test.
+        self._tlsConnection = self.factory._creatorCallable(self)
+        self._appSendBuffer = []
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        if self._connectWrapped:
+            ProtocolWrapper.makeConnection(self, transport)
+        self._checkHandshakeStatus()  # type: ignore[no-untyped-call]
 
     def dataReceived(self, data: bytes) -> None:
         # Only the first read is looked at; after it, calls go straight to TLS.

@@ -76,9 +76,21 @@ class ClientInfo:
 
     @classmethod
     def for_peer(
-        cls, host: str, local_port: int, trusted_proxies: Sequence[IPNetwork]
+        cls, host: str, local_port: int, trusted_proxies: tuple[IPNetwork, ...]
     ) -> ClientInfo:
         """Describe a peer at ``host`` that reached us on ``local_port``."""
+        key = (host, local_port, trusted_proxies)
+        known = _CLIENTS.get(key)
+        if known is None:
+            if len(_CLIENTS) >= _MAX_CLIENTS:
+                _CLIENTS.clear()
+            known = _CLIENTS[key] = cls._describe(host, local_port, trusted_proxies)
+        return known
+
+    @classmethod
+    def _describe(
+        cls, host: str, local_port: int, trusted_proxies: tuple[IPNetwork, ...]
+    ) -> ClientInfo:
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:  # a unix socket peer has no IP address
@@ -97,6 +109,12 @@ class ClientInfo:
             plain_prefix=f"X-Forwarded-For: {address}\r\nForwarded: for={forwarded_for}".encode(),
             plain_suffix=b";proto=https\r\nX-Forwarded-Proto: https\r\n" + port_line,
         )
+
+
+# Parsing an address and matching it against networks costs more than a TLS record: clients
+# come back, so what was worked out for an address is kept (a bounded, self-clearing memo).
+_CLIENTS: dict[tuple[str, int, tuple[IPNetwork, ...]], ClientInfo] = {}
+_MAX_CLIENTS = 4096
 
 
 @dataclass(slots=True)
