@@ -70,6 +70,9 @@ def test_wheel_holds_the_plugin_without_init_files(installed_python: Path) -> No
         ).stdout.strip()
     )
     assert (site / "twisted" / "plugins" / "tlsproxy_plugin.py").is_file()
+    source_packages = {p.parent for p in (REPO / "tlsproxy").rglob("*.py")}
+    for package in source_packages:  # every subpackage ships, not only those listed once
+        assert (site / package.relative_to(REPO) / "__init__.py").is_file(), package
     assert not (site / "twisted" / "plugins" / "__init__.py").exists()
     assert not (site / "twisted" / "__init__.py").exists()
 

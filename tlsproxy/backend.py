@@ -6,9 +6,10 @@ Rules:
 1. A connection serves one exchange at a time; it returns to the pool only after a complete,
    correctly framed response to a completely sent request, and only if the backend did not ask
    to close.
-2. Idle connections are kept LIFO (the warmest first) and dropped after ``IDLE_SECONDS``: many app
-   servers close idle keep-alive connections after 2-5 s, and a request sent on a connection the
-   backend is closing fails. The exchange retries such a failure once, for a request without body.
+2. Idle connections are kept LIFO (the warmest first) and dropped after ``IDLE_SECONDS``: app
+   servers close idle keep-alive connections after 2 s (gunicorn) to 5 s (Node, uvicorn), and a
+   request sent on a connection the backend is closing fails. The exchange retries such a
+   failure once, for a request without body.
 3. ``localhost`` means 127.0.0.1 or ::1, whichever the app listens on: both are tried, and the one
    that answered is tried first next time.
 """
@@ -28,12 +29,12 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 
 from tlsproxy import eagerwrite
-from tlsproxy.http.headers import Header
+from tlsproxy.http.headers import Header, ResponseRejected
 
 if TYPE_CHECKING:
     from tlsproxy.http.exchange import Exchange
 
-IDLE_SECONDS = 2.0
+IDLE_SECONDS = 1.0
 MAX_IDLE_CONNECTIONS = 256
 
 
@@ -46,6 +47,12 @@ class BackendAddress:
     port: int
     path_prefix: bytes  # b"" or b"/prefix" (no trailing slash)
 
+    @property
+    def authority(self) -> bytes:
+        """``host:port`` for a Host header (IPv6 in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}".encode("idna")
+
     def candidates(self) -> list[str]:
         """The hosts to try, in order: ``localhost`` is both loopback addresses."""
         if self.host.lower() in ("localhost", "localhost."):
@@ -57,13 +64,22 @@ class _HeadResponseDone(Exception):
     """Raised from the parser's callback to end a response to HEAD after its head."""
 
 
+class _DataAfterResponse(Exception):
+    """Raised from the parser's callback when bytes follow a complete response in one read."""
+
+
 class BackendConnection(Protocol):
-    """HTTP/1.1 to the backend: writes request bytes, parses responses, reports to the exchange."""
+    """HTTP/1.1 to the backend: writes request bytes, parses responses, reports to the exchange.
+
+    A response ends only after the parser has returned (rule 1): inside ``feed_data`` the rest
+    of the read is still being parsed, and bytes after the response must not reach whoever
+    uses the connection next.
+    """
 
     def __init__(self, pool: BackendPool) -> None:
         self.pool = pool
         self.exchange: Exchange | None = None
-        self.connected_ = False
+        self.is_connected = False
         self.idle_since = 0.0
         self.served = 0  # responses completed on this connection
         self._parser = httptools.HttpResponseParser(self)
@@ -71,6 +87,8 @@ class BackendConnection(Protocol):
         self._trailers: list[Header] | None = None
         self._reason = b""
         self._head_request = False
+        self._complete = False  # the response ended in the read being parsed
+        self._keep_alive = False
         self._paused_front = False
         self._reading_paused = False
         self.on_connected: Callable[[BackendConnection], None] | None = None
@@ -106,13 +124,13 @@ class BackendConnection(Protocol):
 
     def abort(self) -> None:
         self.exchange = None
-        if self.connected_:
+        if self.is_connected:
             self.transport.abortConnection()  # type: ignore[union-attr]
 
     # -- Twisted -------------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self.connected_ = True
+        self.is_connected = True
         transport: Any = self.transport
         transport.setTcpNoDelay(True)
         transport.registerProducer(self, True)
@@ -127,29 +145,43 @@ class BackendConnection(Protocol):
             # Bytes from an idle backend answer nothing we asked: the connection is unusable.
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
+        extra = False  # bytes followed the end of the response
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
-            if not isinstance(e.__context__, _HeadResponseDone):
+            cause = e.__context__
+            if isinstance(cause, _HeadResponseDone):
+                # llhttp cannot be told that a response to HEAD has no body: end it by hand.
+                self._parser = httptools.HttpResponseParser(self)
+                self._complete = True
+                extra = not data.endswith(b"\r\n\r\n")
+            elif isinstance(cause, _DataAfterResponse):
+                extra = True
+            elif isinstance(cause, ResponseRejected):
+                exchange.backend_failed(cause.reason)
+                return
+            else:
                 raise
-            # llhttp cannot be told that a response to HEAD has no body: end it by hand, and
-            # reuse the connection only if nothing followed the head in this read.
-            keep_alive = self._parser.should_keep_alive()
-            self._parser = httptools.HttpResponseParser(self)
-            self._message_complete(reusable=keep_alive and data.endswith(b"\r\n\r\n"))
-        except httptools.HttpParserUpgrade:
-            exchange.backend_failed("answered with an upgrade nobody asked for")
         except httptools.HttpParserError as e:
-            exchange.backend_failed(f"sent a malformed response ({e})")
-        exchange.flush()
+            if not self._complete:
+                exchange.backend_failed(f"sent a malformed response ({e})")
+                return
+            extra = True
+        if self._complete:
+            self._complete = False
+            self.served += 1
+            reusable = self._keep_alive and not extra
+            exchange.response_complete(self._trailers or [], self, reusable=reusable)
+        else:
+            exchange.flush()
 
     def connectionLost(self, reason: Failure = net_error.ConnectionDone) -> None:  # type: ignore[assignment]
-        self.connected_ = False
+        self.is_connected = False
         self.pool.forget(self)
         exchange = self.exchange
         if exchange is not None:
             self.exchange = None
-            exchange.backend_closed(self)
+            exchange.backend_closed(self, clean=reason.check(net_error.ConnectionDone) is not None)
 
     # IPushProducer, registered on our own transport: the backend is slow to read the request.
     def pauseProducing(self) -> None:
@@ -169,6 +201,8 @@ class BackendConnection(Protocol):
     # -- httptools callbacks -------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._complete:
+            raise _DataAfterResponse
         self._headers = []
         self._trailers = None
         self._reason = b""
@@ -186,13 +220,15 @@ class BackendConnection(Protocol):
         exchange = self.exchange
         assert exchange is not None
         status = self._parser.get_status_code()
-        if status < 200 and status != 101:
+        if status == 101:
+            raise ResponseRejected("answered 101 Switching Protocols to a request that did not ask")
+        if status < 200:
             exchange.response_interim(status, self._reason, self._headers)
             return
         self._trailers = []
-        keep_alive = self._parser.should_keep_alive()
-        exchange.response_head(status, self._reason, self._headers, backend_keep_alive=keep_alive)
+        exchange.response_head(status, self._reason, self._headers)
         if self._head_request:
+            self._keep_alive = self._parser.should_keep_alive()
             raise _HeadResponseDone
 
     def on_body(self, data: bytes) -> None:
@@ -203,18 +239,12 @@ class BackendConnection(Protocol):
     def on_message_complete(self) -> None:
         if self._trailers is None:  # the end of a 1xx interim response
             return
-        self._message_complete(reusable=self._parser.should_keep_alive())
-
-    def _message_complete(self, *, reusable: bool) -> None:
-        exchange = self.exchange
-        if exchange is None:
-            return
-        self.served += 1
-        exchange.response_complete(self._trailers or [], self, reusable=reusable)
+        self._complete = True
+        self._keep_alive = self._parser.should_keep_alive()
 
 
 class _Attempt(ClientFactory):
-    """One connection attempt on behalf of one exchange; reports the outcome to the pool.
+    """Connecting to one backend address on behalf of one exchange; the rest come after it.
 
     ``connectTCP`` with this factory, not an endpoint: an endpoint puts a wrapping protocol
     between the transport and ours, one more Python call on every read of every response.
@@ -222,10 +252,10 @@ class _Attempt(ClientFactory):
 
     noisy = False
 
-    def __init__(self, pool: BackendPool, exchange: Exchange, index: int) -> None:
+    def __init__(self, pool: BackendPool, exchange: Exchange, hosts: tuple[str, ...]) -> None:
         self.pool = pool
         self.exchange = exchange
-        self.index = index
+        self.hosts = hosts  # this one first; each exchange keeps its own order (rule 3)
 
     def buildProtocol(self, addr: Any) -> BackendConnection:
         connection = BackendConnection(self.pool)
@@ -233,10 +263,17 @@ class _Attempt(ClientFactory):
         return connection
 
     def _connected(self, connection: BackendConnection) -> None:
-        self.pool._connected(self.exchange, self.index, connection)
+        self.pool.prefer(self.hosts[0])
+        self.exchange.backend_ready(connection)
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        self.pool._failed(self.exchange, self.index, reason)
+        self.failed(reason)
+
+    def failed(self, reason: Failure) -> None:
+        if len(self.hosts) > 1:
+            self.pool.connect(self.exchange, self.hosts[1:])
+        else:
+            self.exchange.backend_unavailable(_describe_connect_failure(reason))
 
 
 class BackendPool:
@@ -268,18 +305,22 @@ class BackendPool:
                     exchange.backend_ready(connection)
                     return
                 connection.transport.loseConnection()  # type: ignore[union-attr]
-        self._connect(exchange, 0)
+        self.connect(exchange, tuple(self._hosts))
 
     def release(self, connection: BackendConnection) -> None:
         """Take back a connection whose exchange ended cleanly."""
         connection.detach()
-        if not connection.connected_:
+        if not connection.is_connected:
             return
-        if len(self._idle) >= MAX_IDLE_CONNECTIONS:
+        now = self._clock.seconds()
+        idle = self._idle
+        while idle and idle[0].idle_since < now - IDLE_SECONDS:  # the stalest, at the bottom
+            idle.pop(0).transport.loseConnection()  # type: ignore[union-attr]
+        if len(idle) >= MAX_IDLE_CONNECTIONS:
             connection.transport.loseConnection()  # type: ignore[union-attr]
             return
-        connection.idle_since = self._clock.seconds()
-        self._idle.append(connection)
+        connection.idle_since = now
+        idle.append(connection)
 
     def forget(self, connection: BackendConnection) -> None:
         if connection in self._idle:
@@ -289,31 +330,29 @@ class BackendPool:
         while self._idle:
             self._idle.pop().transport.loseConnection()  # type: ignore[union-attr]
 
-    def _connect(self, exchange: Exchange, index: int) -> None:
-        host, port = self._hosts[index], self.address.port
-        attempt = _Attempt(self, exchange, index)
+    def prefer(self, host: str) -> None:
+        """Try ``host`` first from now on: it answered (rule 3)."""
+        if self._hosts[0] != host:
+            self._hosts.remove(host)
+            self._hosts.insert(0, host)
+
+    def connect(self, exchange: Exchange, hosts: tuple[str, ...]) -> None:
+        """Open a new connection for ``exchange``, trying ``hosts`` in order."""
+        attempt = _Attempt(self, exchange, hosts)
         try:
-            ipaddress.ip_address(host)
+            ipaddress.ip_address(hosts[0])
         except ValueError:  # a host name: let the endpoint resolve it (both families)
             endpoint = HostnameEndpoint(
-                self._reactor, host.encode("idna"), port, timeout=self._connect_timeout
+                self._reactor,
+                hosts[0].encode("idna"),
+                self.address.port,
+                timeout=self._connect_timeout,
             )
-            endpoint.connect(attempt).addErrback(
-                lambda reason: self._failed(exchange, index, reason)
-            )
+            endpoint.connect(attempt).addErrback(attempt.failed)
             return
-        self._reactor.connectTCP(host, port, attempt, timeout=self._connect_timeout)
-
-    def _connected(self, exchange: Exchange, index: int, connection: BackendConnection) -> None:
-        if index:  # remember which address answered (rule 3)
-            self._hosts.insert(0, self._hosts.pop(index))
-        exchange.backend_ready(connection)
-
-    def _failed(self, exchange: Exchange, index: int, reason: Failure) -> None:
-        if index + 1 < len(self._hosts):
-            self._connect(exchange, index + 1)
-        else:
-            exchange.backend_unavailable(_describe_connect_failure(reason))
+        self._reactor.connectTCP(
+            hosts[0], self.address.port, attempt, timeout=self._connect_timeout
+        )
 
 
 def _describe_connect_failure(reason: Failure) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -80,6 +81,14 @@ def parse_backend(url: str) -> BackendAddress:
         )
     if not parts.hostname:
         raise ConfigError(f"--backend {url!r} has no host; {example}")
+    if port == 0:
+        raise ConfigError(f"--backend {url!r}: port 0 is not a port a backend listens on")
+    try:
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        raise ConfigError(
+            f"--backend {url!r}: {parts.hostname!r} is not a valid host name"
+        ) from None
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigError(
             f"--backend {url!r}: only scheme, host, port and a path prefix are allowed; {example}"
@@ -201,6 +210,16 @@ def _certificate(
         raise ConfigError(str(e)) from None
 
 
+def _check_log_file(path: Path) -> None:
+    if path.is_dir():
+        raise ConfigError(f"--access-log {path} is a directory; name a file in it")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--access-log {path}: the directory {path.parent} does not exist")
+    writable = os.access(path, os.W_OK) if path.exists() else os.access(path.parent, os.W_OK)
+    if not writable:
+        raise ConfigError(f"--access-log {path}: not writable by this user")
+
+
 def build_config(options: Mapping[str, Any], *, now: datetime) -> Config:
     """Validate parsed command-line options; raise :class:`ConfigError` on the first problem."""
     if not options["backend"]:
@@ -222,10 +241,8 @@ def build_config(options: Mapping[str, Any], *, now: datetime) -> Config:
     listeners = _listeners(options)
     trusted = _trusted(options["trusted_proxy"])
     access_log = options["access_log"]
-    if access_log not in (None, "-") and not Path(access_log).parent.is_dir():
-        raise ConfigError(
-            f"--access-log {access_log}: the directory {Path(access_log).parent} does not exist"
-        )
+    if access_log not in (None, "-"):
+        _check_log_file(Path(access_log))
     certificate, dev = _certificate(options, _hostnames(options["hostname"]), now=now)
     return Config(
         backend=backend,

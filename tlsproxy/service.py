@@ -59,7 +59,6 @@ class ProxyService(Service):
                 idle_timeout=limits.idle_timeout,
                 backend_timeout=limits.backend_timeout,
                 max_header_bytes=limits.max_header_bytes,
-                path_prefix=config.backend.path_prefix,
                 access_log=self.access_log,
             ),
             max_connections=limits.max_connections,
@@ -90,10 +89,12 @@ class ProxyService(Service):
         self.pool.close_idle()
         stopped = [defer.maybeDeferred(port.stopListening) for port in self.ports]
         for connection in list(self.front.connections):
-            connection.transport.loseConnection()  # type: ignore[union-attr]
+            connection.close()
         if self._flush_log.running:
             self._flush_log.stop()
         self._flush_access_log()
+        if self._log_stream is not None and self._log_stream is not sys.stdout:
+            self._log_stream.close()
         return defer.gatherResults(stopped).addCallback(lambda _: None)
 
     def _flush_access_log(self) -> None:

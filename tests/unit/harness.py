@@ -226,7 +226,6 @@ class Proxy:
             idle_timeout=self.idle_timeout,
             backend_timeout=self.backend_timeout,
             max_header_bytes=self.max_header_bytes,
-            path_prefix=address_.path_prefix,
             access_log=self.access_log if self.log_access else None,
         )
         self._connects_handled = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from tlsproxy.http.headers import Header, ResponseHead, clean_response_headers
+from tlsproxy.http.headers import Header, ResponseHead, clean_response_headers, clean_trailers
 
 if TYPE_CHECKING:
     from tlsproxy.backend import BackendConnection, BackendPool
@@ -39,8 +39,8 @@ class Front(Protocol):
     def exchange_ended(self, exchange: Exchange) -> None: ...
 
 
-def trailer_lines(trailers: list[Header]) -> bytes:
-    return b"".join(b"%s: %s\r\n" % pair for pair in trailers)
+def header_lines(headers: list[Header]) -> bytes:
+    return b"".join(b"%s: %s\r\n" % pair for pair in headers)
 
 
 class Exchange:
@@ -132,7 +132,7 @@ class Exchange:
         self.request_done = True
         if not self._chunked or self.response_done:
             return
-        end = b"0\r\n" + trailer_lines(trailers) + b"\r\n"
+        end = b"0\r\n" + header_lines(trailers) + b"\r\n"
         if self.connection is not None:
             self.connection.write(end)
         elif self._pending is not None:
@@ -155,6 +155,7 @@ class Exchange:
             self.connection = None
 
     def timed_out(self) -> None:
+        """The backend made no progress within --backend-timeout."""
         if self.response_started:
             self._abort()
         else:
@@ -163,6 +164,13 @@ class Exchange:
                 f"the backend {self.backend_url} did not answer in time. "
                 "Raise --backend-timeout if it is just slow.",
             )
+
+    def client_timed_out(self) -> None:
+        """The client stopped sending its request body."""
+        if self.response_started:
+            self._abort()
+        else:
+            self._fail(408, "the request body stopped arriving; the connection is closed.")
 
     # -- from the backend connection: the response -----------------------------------------------
 
@@ -175,9 +183,7 @@ class Exchange:
     def response_interim(self, status: int, reason: bytes, headers: list[Header]) -> None:
         self.front.send_interim(status, reason, headers)
 
-    def response_head(
-        self, status: int, reason: bytes, headers: list[Header], *, backend_keep_alive: bool
-    ) -> None:
+    def response_head(self, status: int, reason: bytes, headers: list[Header]) -> None:
         head = clean_response_headers(headers)
         bodyless = self._head_request or status in _BODYLESS
         self._close_delimited = not (bodyless or head.chunked or head.content_length is not None)
@@ -197,7 +203,7 @@ class Exchange:
             self._pool.release(connection)
         else:
             connection.abort()
-        self.front.send_end(trailers)
+        self.front.send_end(clean_trailers(trailers) if trailers else trailers)
         self.front.exchange_ended(self)
 
     def backend_failed(self, why: str) -> None:
@@ -206,13 +212,13 @@ class Exchange:
         else:
             self._fail(502, f"the backend {self.backend_url} {why}.")
 
-    def backend_closed(self, connection: BackendConnection) -> None:
-        """The backend connection closed while this exchange was using it."""
+    def backend_closed(self, connection: BackendConnection, *, clean: bool) -> None:
+        """The backend connection closed (``clean``: not reset) while this exchange used it."""
         self.connection = None
         if self.response_done:
             return
         if self.response_started:
-            if self._close_delimited:  # the close is how this response ends
+            if self._close_delimited and clean:  # the close is how this response ends
                 self.response_done = True
                 self.front.send_end([])
                 self.front.flush()

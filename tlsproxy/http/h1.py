@@ -31,7 +31,7 @@ from tlsproxy import eagerwrite
 from tlsproxy.accesslog import AccessLog
 from tlsproxy.backend import BackendPool
 from tlsproxy.deadline import NEVER, DeadlineSweeper
-from tlsproxy.http.exchange import Exchange, trailer_lines
+from tlsproxy.http.exchange import Exchange, header_lines
 from tlsproxy.http.headers import (
     ClientInfo,
     Header,
@@ -39,8 +39,10 @@ from tlsproxy.http.headers import (
     IPNetwork,
     ResponseHead,
     check_request_head,
+    clean_trailers,
 )
 from tlsproxy.http.pages import error_response
+from tlsproxy.http.target import backend_target
 
 log = Logger()
 
@@ -60,25 +62,17 @@ class FrontSettings:
     idle_timeout: float
     backend_timeout: float
     max_header_bytes: int
-    path_prefix: bytes
     access_log: AccessLog | None
 
 
 _Held = list[tuple[Callable[..., None], tuple[Any, ...]]]
 
 
-def _complete_requests(held: _Held | None) -> _Held | None:
-    """The held parser events up to the end of the last complete request."""
-    if not held:
-        return None
-    ends = [i for i, (callback, _) in enumerate(held) if callback.__name__ == "on_message_complete"]
-    return held[: ends[-1] + 1] if ends else None
-
-
 class H1Connection(Protocol):
     """One client connection speaking HTTP/1.1 (or 1.0) over TLS."""
 
-    # Thousands of these sit idle at once: slots keep each one small.
+    # Slots: fewer bytes per idle connection and faster attribute access on the hot path (the
+    # Protocol base still gives each instance a small dict, for ``transport``).
     __slots__ = (
         "_close_after",
         "_closing",
@@ -93,6 +87,7 @@ class H1Connection(Protocol):
         "_out",
         "_parser",
         "_phase",
+        "_prefix",
         "_queued",
         "_read_nothing_more",
         "_read_size",
@@ -112,6 +107,7 @@ class H1Connection(Protocol):
         self._settings = settings
         self._sweeper = settings.sweeper
         self._max_uri_bytes = min(MAX_URI_BYTES, settings.max_header_bytes)
+        self._prefix = settings.pool.address.path_prefix
         self._on_close = on_close
         self._parser = httptools.HttpRequestParser(self)
         self._phase = IDLE
@@ -180,7 +176,7 @@ class H1Connection(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
-        self._settings.sweeper.untrack(self)
+        self._sweeper.untrack(self)
         self._queued = None
         exchange = self._exchange
         if exchange is not None:
@@ -206,14 +202,18 @@ class H1Connection(Protocol):
 
     def deadline_passed(self, now: float) -> None:
         self.deadline = NEVER
-        if self._closing:
+        exchange = self._exchange
+        if self._closing or self.write_paused:  # a client that stopped reading: cut it off
             self._abort_transport()
-        elif self._exchange is not None and not self.write_paused:
-            self._exchange.timed_out()
+        elif exchange is not None:
+            if self._phase == BODY and not self._holds:  # waiting for the client's body
+                exchange.client_timed_out()
+            else:
+                exchange.timed_out()
         elif self._phase == HEAD:
             self._reject(408, "request head not received within --header-timeout")
-        else:  # idle keep-alive, or a client that stopped reading its response
-            self._abort_transport()
+        else:  # idle keep-alive, or a handshake that never finished
+            self.close()
 
     # -- reading: httptools callbacks ------------------------------------------------------------
 
@@ -283,9 +283,12 @@ class H1Connection(Protocol):
             framing = b"Content-Length: 0\r\n" if head.content_length is not None else b""
         has_body = bool(framing) and framing != b"Content-Length: 0\r\n"
         target = self._url
-        if settings.path_prefix and target[:1] == b"/":
-            target = settings.path_prefix + target
-        request = b"%s %s HTTP/1.1\r\n%s%s\r\n" % (method, target, head.lines, framing)
+        if target[:1] != b"/" or self._prefix:
+            target = backend_target(target, method=method, host=head.host, prefix=self._prefix)
+        lines = head.lines
+        if head.host is None:  # HTTP/1.0 may omit Host; HTTP/1.1 to the backend may not
+            lines = b"Host: " + settings.pool.address.authority + b"\r\n" + lines
+        request = b"%s %s HTTP/1.1\r\n%s%s\r\n" % (method, target, lines, framing)
         self._response_chunked = False
         # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing; close after.
         self._close_after = (
@@ -319,7 +322,14 @@ class H1Connection(Protocol):
             return
         self._phase = READ
         if self._exchange is not None:
-            self._exchange.request_complete(self._trailers)
+            trailers = clean_trailers(self._trailers) if self._trailers else self._trailers
+            self._exchange.request_complete(trailers)
+
+    def _complete_requests(self) -> _Held | None:
+        """The held parser events up to the end of the last complete request."""
+        held = self._queued or []
+        ends = [i for i, (callback, _) in enumerate(held) if callback == self.on_message_complete]
+        return held[: ends[-1] + 1] if ends else None
 
     def _queue(self, callback: Callable[..., None], args: tuple[Any, ...]) -> None:
         if self._queued is None:
@@ -331,7 +341,7 @@ class H1Connection(Protocol):
 
     def send_interim(self, status: int, reason: bytes, headers: list[Header]) -> None:
         if not self._http10:  # HTTP/1.0 clients do not understand 1xx (RFC 9110 §15.2)
-            self._out.append(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, trailer_lines(headers)))
+            self._out.append(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, header_lines(headers)))
 
     def send_head(self, status: int, reason: bytes, head: ResponseHead, *, bodyless: bool) -> None:
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason), head.lines]
@@ -362,7 +372,7 @@ class H1Connection(Protocol):
 
     def send_end(self, trailers: list[Header]) -> None:
         if self._response_chunked:
-            self._out.append(b"0\r\n" + trailer_lines(trailers) + b"\r\n")
+            self._out.append(b"0\r\n" + header_lines(trailers) + b"\r\n")
 
     def send_error(self, status: int, message: str) -> None:
         self._close_after = self._close_after or self._phase != READ
@@ -406,7 +416,7 @@ class H1Connection(Protocol):
         if self._phase == READ:
             self._next_request()
         else:  # answered before the request was read to its end (rule 3)
-            self._close()
+            self.close()
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -416,7 +426,7 @@ class H1Connection(Protocol):
         self._url = b""
         self._headers = self._trailers = []
         if self._close_after or self._upgrade_data is not None:
-            self._close()
+            self.close()
             return
         self._phase = IDLE
         self.deadline = self._sweeper.now + self._settings.idle_timeout
@@ -435,7 +445,7 @@ class H1Connection(Protocol):
             return
         if self._read_nothing_more:
             if self._exchange is None:
-                self._close()
+                self.close()
             return
         if queued is not None:
             self.release_reading("pipeline")
@@ -454,7 +464,7 @@ class H1Connection(Protocol):
                 self.abort()
                 exchange.front_lost()
             else:  # what follows is broken: answer the complete requests held so far, then close
-                self._queued = _complete_requests(self._queued)
+                self._queued = self._complete_requests()
                 self._read_nothing_more = True
                 self.hold_reading("rejected")
             return
@@ -467,9 +477,10 @@ class H1Connection(Protocol):
             status=status,
             reason=reason,
         )
-        self._close()
+        self.close()
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Send what is pending, then end the connection with TLS close_notify."""
         self.flush()
         self._closing = True
         self._exchange = None

@@ -20,6 +20,7 @@ Everything that is the same for every request on a connection is computed once, 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -50,7 +51,36 @@ FORWARDING = frozenset(
 # Connection tokens that name no header of their own and need no second pass.
 _PLAIN_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade", b"te", b""})
 _REQUEST_SPECIAL = HOP_BY_HOP | FORWARDING | {b"host"}
+# RFC 9110 §6.5.1: what a trailer may not carry (framing, routing, authentication, controls).
+_NOT_IN_TRAILERS = (
+    HOP_BY_HOP
+    | FORWARDING
+    | {
+        b"authorization",
+        b"cache-control",
+        b"content-encoding",
+        b"content-length",
+        b"content-range",
+        b"content-type",
+        b"cookie",
+        b"expect",
+        b"host",
+        b"max-forwards",
+        b"proxy-authorization",
+        b"set-cookie",
+    }
+)
+# uri-host [ ":" port ] (RFC 9112 §3.2): a reg-name, an IPv4 address or a bracketed IP literal.
+_HOST = re.compile(rb"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(:[0-9]*)?$")
 _RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length"}
+
+
+class ResponseRejected(Exception):
+    """A backend response head that cannot be passed on; the client gets 502."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class HeadRejected(Exception):
@@ -180,10 +210,18 @@ def check_request_head(
         raise HeadRejected(400, "more than one Host header")
     if hosts == 0 and not http10:
         raise HeadRejected(400, "missing Host header")
+    if host is not None and not _HOST.match(host):
+        # Also what makes Host safe inside the Forwarded quoted-string: no '"' and no '\\'.
+        raise HeadRejected(400, "invalid Host header")
     if any(t not in _PLAIN_CONNECTION_TOKENS for t in connection_tokens):
-        named = {t for t in connection_tokens if t not in _PLAIN_CONNECTION_TOKENS}
+        # Connection may name extra hop-by-hop fields, but never the Host we keep.
+        named = {t for t in connection_tokens if t not in _PLAIN_CONNECTION_TOKENS} - {b"host"}
         out = [line for line in out if line.split(b":", 1)[0].lower() not in named]
         kept -= named  # a hop-by-hop X-Forwarded-* is not an earlier hop's value
+        if b"x-forwarded-for" in named:
+            forwarded_for = []
+        if b"forwarded" in named:
+            forwarded = []
     if te_trailers:
         out.append(b"TE: trailers\r\n")
     out.append(_forwarding_lines(client, host, forwarded_for, forwarded, kept))
@@ -208,14 +246,14 @@ def _forwarding_lines(
             return client.plain_prefix + client.plain_suffix
         return b'%s;host="%s"%sX-Forwarded-Host: %s\r\n' % (
             client.plain_prefix,
-            _quoted_string_body(host),
+            host,
             client.plain_suffix,
             host,
         )
     xff = b", ".join([*forwarded_for, client.address])
     element = b"for=" + client.forwarded_for
     if host is not None:
-        element += b';host="' + _quoted_string_body(host) + b'"'
+        element += b';host="' + host + b'"'
     element += b";proto=https"
     fwd = b", ".join([*forwarded, element])
     lines = b"X-Forwarded-For: " + xff + b"\r\nForwarded: " + fwd + b"\r\n"
@@ -231,10 +269,9 @@ def _forwarding_lines(
     return lines
 
 
-def _quoted_string_body(value: bytes) -> bytes:
-    if b'"' in value or b"\\" in value:
-        return value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
-    return value
+def clean_trailers(trailers: Sequence[Header]) -> list[Header]:
+    """The trailer fields that may pass: none that frames, routes, authenticates or controls."""
+    return [(n, v) for n, v in trailers if n.lower() not in _NOT_IN_TRAILERS]
 
 
 @dataclass(slots=True)
@@ -259,7 +296,13 @@ def clean_response_headers(headers: Sequence[Header]) -> ResponseHead:
         elif lname == b"content-length":
             content_length = value
         elif lname == b"transfer-encoding":
-            chunked = value.strip().lower().endswith(b"chunked")
+            if chunked or value.strip().lower() != b"chunked":
+                # De-chunking "gzip, chunked" would hand the client gzip it was not told about.
+                raise ResponseRejected(
+                    f"sent Transfer-Encoding {value.decode('latin-1')!r}, which tlsproxy does "
+                    "not pass on (only chunked)"
+                )
+            chunked = True
         elif lname == b"connection":
             connection_tokens.extend(t.strip().lower() for t in value.split(b","))
     if any(t not in _PLAIN_CONNECTION_TOKENS for t in connection_tokens):

@@ -167,13 +167,44 @@ def test_asterisk_target_gets_no_path_prefix() -> None:
     assert status_line(sent) == b"OPTIONS * HTTP/1.1"
 
 
+def test_absolute_form_request_reaches_the_backend_in_origin_form() -> None:
+    """GET http://host/x?y with that Host goes to the backend as GET /x?y (prefixed), which is
+    all many app servers understand."""
+    proxy = Proxy(backend_url="http://127.0.0.1:8000/app")
+    client = proxy.connect()
+    _, sent = forwarded(
+        proxy, client, request(b"http://localhost:8443/x?y", host=b"localhost:8443")
+    )
+    assert status_line(sent) == b"GET /app/x?y HTTP/1.1"
+    assert header_values(sent, b"Host") == [b"localhost:8443"]
+
+
+def test_absolute_form_naming_another_host_gets_400(proxy: Proxy) -> None:
+    """An absolute URL for a host other than the Host header is refused, not forwarded."""
+    client = proxy.connect()
+    client.send(request(b"http://internal.example/admin", host=b"example.com"))
+    assert status_line(client.received()) == b"HTTP/1.1 400 Bad Request"
+    assert proxy.connects == []
+
+
+def test_dot_segments_under_a_path_prefix_get_400() -> None:
+    """Under --backend http://host:port/public, /%2e%2e/admin is refused: the backend would
+    resolve it to /admin, outside the prefix."""
+    proxy = Proxy(backend_url="http://127.0.0.1:8000/public")
+    client = proxy.connect()
+    client.send(request(b"/%2e%2e/admin"))
+    assert status_line(client.received()) == b"HTTP/1.1 400 Bad Request"
+    assert proxy.connects == []
+
+
 def test_http10_request_without_host_is_forwarded_as_http11(proxy: Proxy) -> None:
-    """An HTTP/1.0 request may omit Host; it goes to the backend as HTTP/1.1 without one."""
+    """An HTTP/1.0 request may omit Host; it goes to the backend as HTTP/1.1, which needs one,
+    so it names the backend itself (as nginx's default proxy Host does)."""
     client = proxy.connect()
     _, sent = forwarded(proxy, client, request(host=None, version=b"HTTP/1.0"))
     lines, _ = split_head(sent)
     assert lines[0] == b"GET / HTTP/1.1"
-    assert header_values(sent, b"Host") == []
+    assert header_values(sent, b"Host") == [proxy.pool.address.authority]
     assert header_values(sent, b"Forwarded") == [b"for=203.0.113.7;proto=https"]
 
 
@@ -206,6 +237,37 @@ def test_chunked_body_is_rechunked_with_trailers(proxy: Proxy) -> None:
     assert sent.endswith(b"\r\n\r\n5\r\nhello\r\n")
     client.send(b"0\r\nX-Sum: abc\r\n\r\n")
     assert backend.received() == b"0\r\nX-Sum: abc\r\n\r\n"
+
+
+def test_request_trailers_cannot_carry_routing_or_forwarding_fields(proxy: Proxy) -> None:
+    """Trailers pass only if a header of that name could: X-Forwarded-For, Host and
+    Authorization in a trailer are dropped (they would slip past the head's checks), a
+    checksum passes."""
+    client = proxy.connect()
+    backend, _ = forwarded(
+        proxy, client, request(method=b"POST", headers=[b"Transfer-Encoding: chunked"])
+    )
+    client.send(
+        b"1\r\nx\r\n0\r\n"
+        b"X-Forwarded-For: 10.0.0.1\r\nHost: evil.example\r\nAuthorization: Basic YTpi\r\n"
+        b"X-Checksum: abc\r\n\r\n"
+    )
+    assert backend.received() == b"1\r\nx\r\n0\r\nX-Checksum: abc\r\n\r\n"
+
+
+def test_content_length_request_trailer_never_reaches_the_backend(proxy: Proxy) -> None:
+    """A Content-Length trailer is malformed (the parser refuses it): the half-sent request is
+    abandoned on both sides, and the backend never sees the request end or the trailer."""
+    client = proxy.connect()
+    backend, _ = forwarded(
+        proxy, client, request(method=b"POST", headers=[b"Transfer-Encoding: chunked"])
+    )
+    client.send(b"1\r\nx\r\n0\r\nContent-Length: 5\r\nX-Checksum: abc\r\n\r\n")
+    got = backend.received()
+    assert b"Content-Length" not in got
+    assert b"0\r\n" not in got
+    assert backend.aborted
+    assert client.aborted
 
 
 def test_body_sent_while_connecting_follows_the_head(proxy: Proxy) -> None:
@@ -265,6 +327,20 @@ def test_chunked_response_is_rechunked_with_trailers(proxy: Proxy) -> None:
     )
 
 
+def test_response_trailers_cannot_set_cookies_or_controls(proxy: Proxy) -> None:
+    """Response trailers lose what only a head may carry (Set-Cookie, Cache-Control,
+    Connection); a checksum passes."""
+    _, _, got = exchange(
+        proxy,
+        request(),
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n"
+        b"Set-Cookie: session=evil\r\nCache-Control: public\r\nConnection: close\r\n"
+        b"X-Checksum: abc\r\n\r\n",
+    )
+    assert got.endswith(b"\r\n\r\n2\r\nhi\r\n0\r\nX-Checksum: abc\r\n\r\n")
+    assert b"evil" not in got
+
+
 def test_close_delimited_response_is_chunked_for_http11_client(proxy: Proxy) -> None:
     """A backend response that ends with the connection is chunked for the client, and ends
     (with the last chunk) when the backend closes."""
@@ -277,6 +353,20 @@ def test_close_delimited_response_is_chunked_for_http11_client(proxy: Proxy) -> 
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nsome\r\n5\r\nthing\r\n0\r\n\r\n"
     )
     assert not client.closing
+
+
+def test_close_delimited_response_cut_by_a_reset_aborts_the_client(proxy: Proxy) -> None:
+    """A reset is not how a close-delimited body ends: the client is aborted with no last chunk,
+    so it cannot take the truncated body for the whole one."""
+    client = proxy.connect()
+    backend, _ = forwarded(proxy, client, request())
+    backend.send(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart-of-a-long-body")
+    backend.die()
+    assert client.received() == (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n13\r\npart-of-a-long-body\r\n"
+    )
+    assert client.reset
+    assert not client.transport.disconnecting  # no TLS close_notify either
 
 
 def test_hop_by_hop_response_headers_are_removed(proxy: Proxy) -> None:
@@ -519,6 +609,28 @@ def test_pipelined_requests_keep_their_own_connection_semantics(proxy: Proxy) ->
     backend.received()
     backend.send(response(body=b"2"))
     assert status_line(backend.received()) == b"GET /3 HTTP/1.1"
+
+
+def test_pipelined_request_never_gets_bytes_that_followed_the_previous_response(
+    proxy: Proxy,
+) -> None:
+    """An unrequested response after the first one in the same backend read is not taken as
+    the answer to the next pipelined request: that request goes out on a fresh connection and
+    gets its own answer (no response desync)."""
+    client = proxy.connect()
+    backend, _ = forwarded(proxy, client, request(b"/one") + request(b"/two"))
+    backend.send(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n\xc3\xa9!"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL"
+    )
+    assert client.received() == b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n\xc3\xa9!"
+    assert backend.received() == b""
+    assert backend.aborted
+    fresh = proxy.accept()
+    assert status_line(fresh.received()) == b"GET /two HTTP/1.1"
+    fresh.send(response(body=b"two"))
+    got = client.received()
+    assert got == b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo"
 
 
 # --- requests that must not pass ------------------------------------------------------------
@@ -919,6 +1031,42 @@ def test_backend_response_with_length_and_chunked_gets_502(proxy: Proxy) -> None
     got = client.received()
     assert status_line(got) == b"HTTP/1.1 502 Bad Gateway"
     assert b"hello" not in got
+
+
+def test_backend_response_with_a_coding_under_chunked_gets_502(proxy: Proxy) -> None:
+    """Transfer-Encoding: gzip, chunked is not de-chunked into gzip the client was not told
+    about: 502, saying only chunked is passed on."""
+    client = proxy.connect()
+    backend, _ = forwarded(proxy, client, request())
+    backend.send(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
+    lines, body = split_head(client.received())
+    assert lines[0] == b"HTTP/1.1 502 Bad Gateway"
+    assert b"'gzip, chunked'" in body
+    assert b"only chunked" in body
+    assert b"hello" not in body
+    assert backend.aborted
+
+
+def test_unrequested_switching_protocols_gets_502_and_drops_the_connection(
+    proxy: Proxy,
+) -> None:
+    """A 101 to a request that did not ask to upgrade is not passed on (the client would stop
+    speaking HTTP): the client gets 502 and the connection is not pooled."""
+    client = proxy.connect()
+    backend, _ = forwarded(proxy, client, request())
+    backend.send(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+    )
+    got = client.received()
+    assert status_line(got) == b"HTTP/1.1 502 Bad Gateway"
+    assert b"HTTP/1.1 101" not in got
+    assert header_values(got, b"Upgrade") == []
+    assert backend.aborted
+    proxy.clock.advance(0)
+    proxy.connect("198.51.100.2").send(request(b"/next"))
+    assert proxy.pending_connects == 1
 
 
 def test_backend_bytes_after_a_complete_response_close_that_connection(proxy: Proxy) -> None:

@@ -258,10 +258,19 @@ def test_trusted_proxy_values_for_proto_host_port_are_kept_not_doubled() -> None
     assert values(head, b"X-Forwarded-Host") == [b"a"]
 
 
-def test_forwarded_host_is_quoted_safely() -> None:
-    """A Host with quotes or backslashes cannot break out of the Forwarded quoted-string."""
-    head = check([(b"Host", b'a"b\\c')])
-    assert values(head, b"Forwarded") == [b'for=203.0.113.7;host="a\\"b\\\\c";proto=https']
+@pytest.mark.parametrize("host", [b'a"b', b"a\\b", b"a b", b"a/b", b"a@b", b"[::1"])
+def test_invalid_host_is_rejected(host: bytes) -> None:
+    """RFC 9112 §3.2: a Host that is not uri-host[:port] gets 400, so it can never break out
+    of the Forwarded quoted-string or name a path."""
+    with pytest.raises(HeadRejected) as raised:
+        check([(b"Host", host)])
+    assert raised.value.status == 400
+
+
+@pytest.mark.parametrize("host", [b"localhost:8443", b"[::1]:8443", b"127.0.0.1", b"a-b.example"])
+def test_valid_hosts_pass(host: bytes) -> None:
+    """Names, IPv4 and bracketed IPv6 literals, with or without a port, pass as sent."""
+    assert values(check([(b"Host", host)]), b"Host") == [host]
 
 
 def test_connection_cannot_remove_our_forwarding_headers() -> None:
