@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import httptools
+from twisted.internet.interfaces import IHandshakeListener, IProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from tlsproxy import eagerwrite
 from tlsproxy.accesslog import AccessLog
@@ -63,11 +65,16 @@ class FrontSettings:
     backend_timeout: float
     max_header_bytes: int
     access_log: AccessLog | None
+    # Called when the client negotiated another protocol by ALPN (b"h2"): returns the protocol
+    # that takes the connection over from HTTP/1.1. None: only HTTP/1.1 is offered.
+    alpn_takeover: Callable[[bytes, H1Connection], IProtocol] | None = None
+    tunnel_idle_timeout: float | None = None  # for upgraded connections; None: no limit
 
 
 _Held = list[tuple[Callable[..., None], tuple[Any, ...]]]
 
 
+@implementer(IHandshakeListener)
 class H1Connection(Protocol):
     """One client connection speaking HTTP/1.1 (or 1.0) over TLS."""
 
@@ -149,6 +156,23 @@ class H1Connection(Protocol):
             eagerwrite.install(tcp)
         self._sweeper.track(self)
         self.deadline = self._sweeper.now + self._settings.header_timeout
+
+    def handshakeCompleted(self) -> None:
+        """TLS is up: if ALPN chose another protocol, hand the connection over to it."""
+        takeover = self._settings.alpn_takeover
+        if takeover is None:
+            return
+        transport: Any = self.transport
+        negotiated = transport.negotiatedProtocol
+        if negotiated in (None, b"http/1.1"):
+            return
+        transport.unregisterProducer()
+        self._sweeper.untrack(self)
+        self._closing = True
+        self._on_close(self)  # the successor does its own accounting from here on
+        successor = takeover(negotiated, self)
+        transport.wrappedProtocol = successor
+        successor.makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
