@@ -143,6 +143,7 @@ class BackendConnection(Protocol):
         exchange = self.exchange
         if exchange is None:
             # Bytes from an idle backend answer nothing we asked: the connection is unusable.
+            self.pool.forget(self)
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
         extra = False  # bytes followed the end of the response

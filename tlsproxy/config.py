@@ -64,6 +64,8 @@ class Config:
     limits: Limits
     access_log: str | None
     trusted_proxies: tuple[IPNetwork, ...]
+    http2: bool = True
+    tunnel_idle_timeout: float | None = None  # upgraded (websocket) connections; None: no limit
 
 
 def parse_backend(url: str) -> BackendAddress:
@@ -252,4 +254,10 @@ def build_config(options: Mapping[str, Any], *, now: datetime) -> Config:
         limits=limits,
         access_log=access_log,
         trusted_proxies=trusted,
+        http2=not options.get("no_http2", False),
+        tunnel_idle_timeout=(
+            _positive(options, "tunnel-idle-timeout")
+            if options.get("tunnel_idle_timeout") is not None
+            else None
+        ),
     )

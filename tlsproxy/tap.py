@@ -71,6 +71,16 @@ class Options(usage.Options):
             "Most client connections open at once; more wait to be accepted.",
         ],
         ["access-log", None, None, "Combined Log Format access log: a file PATH, or - for stdout."],
+        [
+            "tunnel-idle-timeout",
+            None,
+            None,
+            "Seconds a websocket or other upgraded connection may stay silent [default: no limit].",
+        ],
+    ]
+
+    optFlags: ClassVar[list[list[str | None]]] = [
+        ["no-http2", None, "Offer only HTTP/1.1 (no h2 in ALPN)."],
     ]
 
     def __init__(self) -> None:
