@@ -56,6 +56,26 @@ def test_localhost_falls_back_to_ipv6_and_remembers_it() -> None:
     assert proxy.connects[-1][:2] == ("::1", 8000)
 
 
+def test_concurrent_exchanges_each_try_both_localhost_addresses() -> None:
+    """With the app only on ::1, an exchange whose 127.0.0.1 attempt is refused after another
+    exchange found ::1 still goes on to try ::1, rather than 127.0.0.1 twice (each exchange
+    keeps its own list of addresses to try)."""
+    proxy = Proxy(backend_url="http://localhost:8000")
+    a, b = proxy.connect(), proxy.connect("198.51.100.2")
+    a.send(request(b"/a"))
+    proxy.refuse()  # A's 127.0.0.1
+    b.send(request(b"/b"))  # B starts with 127.0.0.1 too: ::1 has not answered yet
+    assert [c[0] for c in proxy.connects] == ["127.0.0.1", "::1", "127.0.0.1"]
+    backend_a = proxy.accept()  # A's ::1 answers: ::1 is now tried first
+    assert backend_a.received().startswith(b"GET /a ")
+    proxy.refuse()  # B's 127.0.0.1
+    assert [c[0] for c in proxy.connects] == ["127.0.0.1", "::1", "127.0.0.1", "::1"]
+    backend_b = proxy.accept()
+    assert backend_b.received().startswith(b"GET /b ")
+    backend_b.send(response(body=b"b"))
+    assert b.received() == b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb"
+
+
 def test_localhost_with_nothing_listening_gets_502_naming_the_backend() -> None:
     """When both loopback addresses refuse, the client gets 502 naming the --backend URL."""
     proxy = Proxy(backend_url="http://localhost:8000")
@@ -184,3 +204,73 @@ def test_connection_with_unfinished_request_is_not_pooled() -> None:
     backend.send(response(b"413 Content Too Large", body=b""))
     assert backend.aborted
     assert client.closing
+
+
+def test_stray_bytes_on_an_idle_connection_take_it_out_of_the_pool_at_once() -> None:
+    """An idle connection that sends bytes nobody asked for is unusable from that moment: the
+    next request gets a new connection even before the close has completed."""
+    proxy = Proxy()
+    backend = answered(proxy)
+    backend.send(b"HTTP/1.1 200 OK\r\n")
+    assert backend.closing
+    client = proxy.connect("198.51.100.2")
+    client.send(request(b"/2", method=b"POST", headers=[b"Content-Length: 2"], body=b"hi"))
+    assert backend.received() == b""
+    assert proxy.pending_connects == 1
+
+
+# --- responses that do not fit their request (rule 1) ---------------------------------------
+
+
+def test_body_longer_than_content_length_answers_the_client_and_drops_the_connection() -> None:
+    """Bytes past a response's Content-Length (a common app bug) leave the client with exactly
+    its response, not aborted, and keep that connection out of the pool: the next request goes
+    on a new connection and is answered."""
+    proxy = Proxy()
+    client = proxy.connect()
+    client.send(request(b"/one"))
+    backend = proxy.accept()
+    backend.received()
+    backend.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiX")
+    assert client.received() == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+    assert not client.closing
+    assert backend.aborted
+    other = proxy.connect("198.51.100.2")
+    other.send(request(b"/two"))
+    assert proxy.pending_connects == 1
+    fresh = proxy.accept()
+    assert split_head(fresh.received())[0][0] == b"GET /two HTTP/1.1"
+    fresh.send(response(body=b"ok"))
+    assert other.received() == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    assert backend.received() == b""
+
+
+def test_two_responses_in_one_read_end_the_first_and_drop_the_connection() -> None:
+    """A second, unrequested response in the same read as the first raises nothing into
+    Twisted: the client gets exactly the first response and the connection is closed, not
+    pooled."""
+    proxy = Proxy()
+    client = proxy.connect()
+    client.send(request(b"/one"))
+    backend = proxy.accept()
+    # Called directly, not through the harness: an exception here would reach Twisted's reactor.
+    backend.connection.dataReceived(response(body=b"a") + response(body=b"b"))
+    assert client.received() == b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"
+    assert not client.closing
+    assert backend.aborted
+    proxy.connect("198.51.100.2").send(request(b"/two"))
+    assert proxy.pending_connects == 1
+
+
+def test_head_response_followed_by_more_bytes_is_not_pooled() -> None:
+    """Bytes after the head of a response to HEAD (a body it must not have) keep the connection
+    out of the pool, and the client gets only the head."""
+    proxy = Proxy()
+    client = proxy.connect()
+    client.send(request(method=b"HEAD"))
+    backend = proxy.accept()
+    backend.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+    assert client.received() == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+    assert backend.aborted
+    proxy.connect("198.51.100.2").send(request(b"/two"))
+    assert proxy.pending_connects == 1

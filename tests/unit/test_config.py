@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -173,6 +175,26 @@ def test_bad_backend_url_is_explained(tmp_path: Path, url: str, says: str) -> No
     assert "e.g. --backend http://127.0.0.1:8000" in message
 
 
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://a..b:8000", "is not a valid host name"),
+        ("http://.example:8000", "is not a valid host name"),
+        ("http://" + "x" * 64 + ".example:8000", "is not a valid host name"),
+        ("http://127.0.0.1:0", "port 0"),
+        ("http://localhost:0/app", "port 0"),
+    ],
+)
+def test_backend_that_cannot_be_connected_to_is_refused(
+    tmp_path: Path, url: str, says: str
+) -> None:
+    """A --backend host that is not a valid name, or port 0, is a ConfigError naming the flag at
+    startup, not a traceback or a 502 on the first request."""
+    message = refusal(tmp_path, "--backend", url)
+    assert message.startswith(f"--backend {url!r}")
+    assert says in message
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8000/caf\u00e9", "http://127.0.0.1:8000/a b"])
 def test_backend_path_that_cannot_be_sent_is_refused(tmp_path: Path, url: str) -> None:
     """A path prefix that would not make a valid request line (non-ASCII, a space) is a
@@ -278,6 +300,66 @@ def test_access_log_in_a_missing_directory_is_refused(tmp_path: Path) -> None:
     message = refusal(tmp_path, "--backend", BACKEND, "--access-log", str(path))
     assert message.startswith(f"--access-log {path}")
     assert str(tmp_path / "nowhere") in message
+
+
+def test_access_log_naming_a_directory_is_refused(tmp_path: Path) -> None:
+    """--access-log pointing at a directory is refused at startup, asking for a file in it."""
+    message = refusal(tmp_path, "--backend", BACKEND, "--access-log", str(tmp_path))
+    assert message.startswith(f"--access-log {tmp_path}")
+    assert "is a directory" in message
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory this process cannot create files in.
+
+    A read-only mode is enough for an ordinary user; root (or CAP_DAC_OVERRIDE) writes anyway,
+    so then Linux's /proc/self stands in: procfs creates no files, whoever asks.
+    """
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):
+            yield locked
+        elif Path("/proc/self").is_dir() and not os.access("/proc/self", os.W_OK):
+            yield Path("/proc/self")
+        else:
+            pytest.skip("this user can write to any directory and there is no /proc to use")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_access_log_in_an_unwritable_directory_is_refused(
+    tmp_path: Path, unwritable_dir: Path
+) -> None:
+    """--access-log where this user cannot create the file is refused at startup, not when the
+    first request is logged."""
+    path = unwritable_dir / "access.log"
+    message = refusal(tmp_path, "--backend", BACKEND, "--access-log", str(path))
+    assert message.startswith(f"--access-log {path}")
+    assert "not writable" in message
+
+
+def test_access_log_file_that_is_read_only_is_refused(tmp_path: Path) -> None:
+    """An existing --access-log file this user cannot write to is refused at startup."""
+    path = tmp_path / "access.log"
+    path.write_text("")
+    path.chmod(0o400)
+    if os.access(path, os.W_OK):
+        pytest.skip("this user (root) can write to read-only files")
+    message = refusal(tmp_path, "--backend", BACKEND, "--access-log", str(path))
+    assert message.startswith(f"--access-log {path}")
+    assert "not writable" in message
+
+
+def test_writable_access_log_is_accepted(tmp_path: Path) -> None:
+    """An --access-log file in a writable directory passes the checks, whether or not it
+    exists yet."""
+    path = tmp_path / "access.log"
+    assert configure(tmp_path, "--backend", BACKEND, "--access-log", str(path)).access_log
+    path.write_text("")
+    assert configure(tmp_path, "--backend", BACKEND, "--access-log", str(path)).access_log
 
 
 def test_access_log_to_stdout_is_accepted(tmp_path: Path) -> None:

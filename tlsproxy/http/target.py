@@ -3,8 +3,9 @@
 Rules:
 
 1. Origin-form (``/path?query``) passes byte for byte; with a ``--backend`` path prefix it is
-   appended to the prefix, and then dot segments (``/../``, ``/./``, also percent-encoded) are
-   refused: the backend would resolve them to paths outside the prefix.
+   appended to the prefix, and then dot segments (``/../``, ``/./``, percent-encoded, behind
+   ``;params`` or backslashes) and fragments are refused: some backend would resolve them to
+   paths outside the prefix.
 2. Absolute-form (``http://host/path``) must name the same authority as ``Host``; it is sent
    in origin-form, since many app servers understand nothing else.
 3. Asterisk-form (``*``) only with OPTIONS, never prefixed. Anything else is refused.
@@ -17,7 +18,18 @@ import re
 from tlsproxy.http.headers import HeadRejected
 
 _ABSOLUTE = re.compile(rb"^https?://([^/?#]*)([^#]*)$", re.IGNORECASE)
-_DOT_SEGMENT = re.compile(rb"(^|/)(\.|%2e){1,2}(/|\?|$)", re.IGNORECASE)
+
+
+def _escapes_prefix(path: bytes) -> bool:
+    """Whether some backend could read ``path`` as climbing above where it starts.
+
+    Read as the most lenient backends do: percent-decoded dots and slashes, backslashes as
+    slashes (Windows servers), ``;params`` cut off segments (Tomcat, Jetty).
+    """
+    lenient = path.lower()
+    for encoded, plain in ((b"%2e", b"."), (b"%2f", b"/"), (b"%5c", b"/"), (b"\\", b"/")):
+        lenient = lenient.replace(encoded, plain)
+    return any(segment.split(b";", 1)[0] in (b".", b"..") for segment in lenient.split(b"/"))
 
 
 def backend_target(target: bytes, *, method: bytes, host: bytes | None, prefix: bytes) -> bytes:
@@ -25,8 +37,9 @@ def backend_target(target: bytes, *, method: bytes, host: bytes | None, prefix: 
     if target[:1] == b"/":
         if not prefix:
             return target
-        path = target.split(b"?", 1)[0]
-        if _DOT_SEGMENT.search(path):
+        if b"#" in target:  # not part of any request target (RFC 9112 §3.2); some servers cut it
+            raise HeadRejected(400, "a request target cannot carry a #fragment")
+        if _escapes_prefix(target.split(b"?", 1)[0]):
             raise HeadRejected(400, "dot segments in the path would leave the --backend prefix")
         return prefix + target
     if target == b"*":

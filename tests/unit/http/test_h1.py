@@ -187,12 +187,14 @@ def test_absolute_form_naming_another_host_gets_400(proxy: Proxy) -> None:
     assert proxy.connects == []
 
 
-def test_dot_segments_under_a_path_prefix_get_400() -> None:
+@pytest.mark.parametrize("target", [b"/%2e%2e/admin", b"/..#x"])
+def test_dot_segments_under_a_path_prefix_get_400(target: bytes) -> None:
     """Under --backend http://host:port/public, /%2e%2e/admin is refused: the backend would
-    resolve it to /admin, outside the prefix."""
+    resolve it to /admin, outside the prefix. The parser lets a fragment through, so a dot
+    segment before one counts too."""
     proxy = Proxy(backend_url="http://127.0.0.1:8000/public")
     client = proxy.connect()
-    client.send(request(b"/%2e%2e/admin"))
+    client.send(request(target))
     assert status_line(client.received()) == b"HTTP/1.1 400 Bad Request"
     assert proxy.connects == []
 
@@ -1064,7 +1066,6 @@ def test_unrequested_switching_protocols_gets_502_and_drops_the_connection(
     assert b"HTTP/1.1 101" not in got
     assert header_values(got, b"Upgrade") == []
     assert backend.aborted
-    proxy.clock.advance(0)
     proxy.connect("198.51.100.2").send(request(b"/next"))
     assert proxy.pending_connects == 1
 
@@ -1138,7 +1139,8 @@ def test_incomplete_head_gets_408_after_header_timeout(proxy: Proxy) -> None:
     assert not client.closing
     proxy.clock.advance(1.5)
     assert status_line(client.received()) == b"HTTP/1.1 408 Request Timeout"
-    assert client.closing
+    assert client.transport.disconnecting
+    assert not client.aborted
     assert proxy.connects == []
 
 
@@ -1154,20 +1156,49 @@ def test_dribbling_head_is_not_extended_by_each_byte(proxy: Proxy) -> None:
     assert client.closing
 
 
-def test_silent_connection_is_closed_after_header_timeout(proxy: Proxy) -> None:
-    """A connection that never sends a byte is closed after --header-timeout."""
+def test_silent_connection_is_closed_cleanly_after_header_timeout(proxy: Proxy) -> None:
+    """A connection that never sends a byte is closed after --header-timeout with TLS
+    close_notify, not reset, and without a 408 for a request it never began."""
     client = proxy.connect()
-    proxy.clock.advance(HEADER_TIMEOUT + 1)
-    assert client.closing
+    proxy.clock.advance(HEADER_TIMEOUT - 1)
+    assert not client.closing
+    proxy.clock.advance(1.5)
+    assert client.transport.disconnecting
+    assert not client.aborted
+    assert client.received() == b""
 
 
-def test_idle_keep_alive_connection_is_closed_after_idle_timeout(proxy: Proxy) -> None:
-    """Between requests, a connection is kept for --idle-timeout and then closed."""
+def test_idle_keep_alive_connection_is_closed_cleanly_after_idle_timeout(proxy: Proxy) -> None:
+    """Between requests, a connection is kept for --idle-timeout and then closed with TLS
+    close_notify (a clean end the client can tell from a failure), not reset."""
     client, _, _ = exchange(proxy, request(), response(body=b"x"))
     proxy.clock.advance(IDLE_TIMEOUT - 1)
     assert not client.closing
     proxy.clock.advance(1.5)
-    assert client.closing
+    assert client.transport.disconnecting
+    assert not client.aborted
+    assert client.received() == b""
+
+
+def test_request_body_stalling_past_backend_timeout_gets_408(proxy: Proxy) -> None:
+    """A client that stops sending its announced body is the slow one: after --backend-timeout
+    it gets 408 (not a 504 blaming the backend), the connection closes and the half-sent
+    request is abandoned at the backend."""
+    client = proxy.connect()
+    backend, _ = forwarded(
+        proxy,
+        client,
+        request(method=b"POST", headers=[b"Content-Length: 100"], body=b"x" * 10),
+    )
+    proxy.clock.advance(BACKEND_TIMEOUT - 1)
+    assert client.received() == b""
+    proxy.clock.advance(1.5)
+    got = client.received()
+    assert status_line(got) == b"HTTP/1.1 408 Request Timeout"
+    assert header_values(got, b"Connection") == [b"close"]
+    assert client.transport.disconnecting
+    assert not client.aborted
+    assert backend.aborted
 
 
 def test_closed_connection_is_reported_and_untracked(proxy: Proxy) -> None:

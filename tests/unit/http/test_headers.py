@@ -11,8 +11,10 @@ from tlsproxy.http.headers import (
     Header,
     HeadRejected,
     RequestHead,
+    ResponseRejected,
     check_request_head,
     clean_response_headers,
+    clean_trailers,
 )
 
 TRUSTED = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8:1::/48"))
@@ -280,6 +282,14 @@ def test_connection_cannot_remove_our_forwarding_headers() -> None:
     assert len(values(head, b"Forwarded")) == 1
 
 
+def test_connection_cannot_remove_host() -> None:
+    """Connection: host does not make Host hop-by-hop: the backend still gets it, and the
+    forwarding headers still name it."""
+    head = check([(b"Host", b"a.example"), (b"Connection", b"host")])
+    assert values(head, b"Host") == [b"a.example"]
+    assert values(head, b"X-Forwarded-Host") == [b"a.example"]
+
+
 def test_trusted_header_named_by_connection_is_replaced_by_ours() -> None:
     """A trusted proxy's X-Forwarded-Host that its Connection marks hop-by-hop is dropped, and
     this hop's own value is sent instead of nothing."""
@@ -320,3 +330,52 @@ def test_response_without_framing_headers_is_close_delimited() -> None:
     assert head.lines == b"x-Case: Kept As Sent\r\n"
     assert head.content_length is None
     assert not head.chunked
+
+
+@pytest.mark.parametrize(
+    "value", [b"gzip, chunked", b"gzip", b"identity", b"chunked, chunked", b"x-chunked"]
+)
+def test_response_transfer_codings_other_than_chunked_are_refused(value: bytes) -> None:
+    """A response coded with anything but plain chunked cannot be passed on faithfully: it is
+    refused with a reason that names the coding and says only chunked passes."""
+    with pytest.raises(ResponseRejected) as raised:
+        clean_response_headers([(b"Transfer-Encoding", value)])
+    assert repr(value.decode()) in raised.value.reason
+    assert "only chunked" in raised.value.reason
+
+
+def test_repeated_response_transfer_encoding_is_refused() -> None:
+    """Two Transfer-Encoding: chunked headers are two codings, refused like one header that
+    lists chunked twice."""
+    with pytest.raises(ResponseRejected):
+        clean_response_headers([(b"Transfer-Encoding", b"chunked")] * 2)
+
+
+@pytest.mark.parametrize("value", [b"chunked", b"Chunked", b" chunked "])
+def test_plain_chunked_response_is_accepted(value: bytes) -> None:
+    """chunked, in any case and with optional whitespace, is the one coding we pass on."""
+    assert clean_response_headers([(b"Transfer-Encoding", value)]).chunked
+
+
+# --- trailers -------------------------------------------------------------------------------
+
+
+def test_trailers_lose_framing_routing_forwarding_and_control_fields() -> None:
+    """RFC 9110 §6.5.1: a trailer cannot frame, route, authenticate, forward or control; only
+    the rest (here a checksum, in any case and in order) passes."""
+    trailers = [
+        (b"X-Checksum", b"abc"),
+        (b"X-Forwarded-For", b"10.0.0.1"),
+        (b"Forwarded", b"for=10.0.0.1"),
+        (b"Host", b"evil.example"),
+        (b"Content-Length", b"5"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Connection", b"close"),
+        (b"authorization", b"Basic YTpi"),
+        (b"Set-Cookie", b"a=1"),
+        (b"Cookie", b"a=1"),
+        (b"Cache-Control", b"public"),
+        (b"Content-Type", b"text/html"),
+        (b"x-checksum-sha256", b"def"),
+    ]
+    assert clean_trailers(trailers) == [(b"X-Checksum", b"abc"), (b"x-checksum-sha256", b"def")]

@@ -68,8 +68,8 @@ def test_origin_form_is_appended_to_the_prefix(sent: bytes, expected: bytes) -> 
     ],
 )
 def test_dot_segments_under_a_prefix_are_refused(sent: bytes) -> None:
-    """Under a prefix, a dot segment (plain or percent-encoded, before any query) is 400: the
-    backend would resolve it to a path outside the prefix."""
+    """Under a prefix, a dot segment (plain or percent-encoded, before any query or fragment)
+    is 400: the backend would resolve it to a path outside the prefix."""
     assert "dot segments" in refused(sent, prefix=b"/public").reason
 
 
@@ -138,3 +138,19 @@ def test_asterisk_with_another_method_is_refused(method: bytes) -> None:
 def test_target_that_is_neither_path_nor_url_is_refused(sent: bytes) -> None:
     """Anything else (authority-form is for CONNECT, which we do not proxy) is 400."""
     assert "neither a path nor an absolute URL" in refused(sent).reason
+
+
+@pytest.mark.parametrize("target", [b"/..#frag", b"/a/.#frag", b"/a#b"])
+def test_fragments_under_a_prefix_are_refused(target: bytes) -> None:
+    """llhttp lets a #fragment through; a backend that cuts it off could then resolve the dot
+    segments before it, so under a prefix any fragment is refused (400)."""
+    assert "fragment" in refused(target, prefix=b"/public").reason
+
+
+@pytest.mark.parametrize(
+    "target", [b"/..;/admin", b"/..%2fadmin", b"/%2e%2e%2fadmin", b"/..%5cadmin", b"/..\\admin"]
+)
+def test_lenient_dot_segments_under_a_prefix_are_refused(target: bytes) -> None:
+    """Dot segments as lenient backends read them (``..;`` for Tomcat/Jetty, encoded slashes,
+    backslashes) cannot leave the prefix either."""
+    assert "dot segments" in refused(target, prefix=b"/public").reason
