@@ -24,12 +24,14 @@ from typing import TYPE_CHECKING, Any
 import httptools
 from twisted.internet import error as net_error
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTCP, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from tlsproxy import eagerwrite
 from tlsproxy.http.headers import Header, ResponseRejected
+from tlsproxy.relay import Relay
 
 if TYPE_CHECKING:
     from tlsproxy.http.exchange import Exchange
@@ -68,6 +70,7 @@ class _DataAfterResponse(Exception):
     """Raised from the parser's callback when bytes follow a complete response in one read."""
 
 
+@implementer(IHalfCloseableProtocol)
 class BackendConnection(Protocol):
     """HTTP/1.1 to the backend: writes request bytes, parses responses, reports to the exchange.
 
@@ -88,6 +91,8 @@ class BackendConnection(Protocol):
         self._reason = b""
         self._head_request = False
         self._complete = False  # the response ended in the read being parsed
+        self._switching = False  # a 101 head was parsed: a tunnel follows it
+        self.tunnel: Relay | None = None
         self._keep_alive = False
         self._paused_front = False
         self._reading_paused = False
@@ -122,6 +127,10 @@ class BackendConnection(Protocol):
         self._paused_front = False
         self.resume_reading()
 
+    def close(self) -> None:
+        """Send what is pending, then close (the end of a tunnel)."""
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
     def abort(self) -> None:
         self.exchange = None
         if self.is_connected:
@@ -140,6 +149,9 @@ class BackendConnection(Protocol):
             on_connected(self)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_backend(data)
+            return
         exchange = self.exchange
         if exchange is None:
             # Bytes from an idle backend answer nothing we asked: the connection is unusable.
@@ -163,7 +175,13 @@ class BackendConnection(Protocol):
                 return
             else:
                 raise
+        except httptools.HttpParserUpgrade as e:
+            self._switch(exchange, data[e.args[0] :])
+            return
         except httptools.HttpParserError as e:
+            if self._switching:  # a 101 without "Connection: upgrade": llhttp pauses all the same
+                self._switch(exchange, data[data.find(b"\r\n\r\n") + 4 :])
+                return
             if not self._complete:
                 exchange.backend_failed(f"sent a malformed response ({e})")
                 return
@@ -176,8 +194,26 @@ class BackendConnection(Protocol):
         else:
             exchange.flush()
 
+    def _switch(self, exchange: Exchange, data: bytes) -> None:
+        self._complete = self._switching = False
+        exchange.switch_protocols(self, data)
+
+    def readConnectionLost(self) -> None:
+        """The backend stopped sending (TCP FIN) but may still read: only a tunnel cares."""
+        if self.tunnel is not None:
+            self.tunnel.backend_finished_sending()
+        else:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        pass
+
     def connectionLost(self, reason: Failure = net_error.ConnectionDone) -> None:  # type: ignore[assignment]
         self.is_connected = False
+        if self.tunnel is not None:
+            self.exchange = None
+            self.tunnel.backend_ended()
+            return
         self.pool.forget(self)
         exchange = self.exchange
         if exchange is not None:
@@ -222,7 +258,9 @@ class BackendConnection(Protocol):
         assert exchange is not None
         status = self._parser.get_status_code()
         if status == 101:
-            raise ResponseRejected("answered 101 Switching Protocols to a request that did not ask")
+            exchange.response_head(status, self._reason, self._headers)  # refuses an unasked 101
+            self._switching = True
+            return
         if status < 200:
             exchange.response_interim(status, self._reason, self._headers)
             return

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from tlsproxy.http.headers import Header, ResponseHead, clean_response_headers, clean_trailers
+from tlsproxy.http.headers import (
+    Header,
+    ResponseHead,
+    ResponseRejected,
+    clean_response_headers,
+    clean_trailers,
+)
 
 if TYPE_CHECKING:
     from tlsproxy.backend import BackendConnection, BackendPool
@@ -32,6 +38,7 @@ class Front(Protocol):
     def send_body(self, data: bytes) -> None: ...
     def send_end(self, trailers: list[Header]) -> None: ...
     def send_error(self, status: int, message: str) -> None: ...
+    def start_tunnel(self, backend: BackendConnection, backend_data: bytes) -> None: ...
     def flush(self) -> None: ...
     def abort(self) -> None: ...
     def hold_reading(self, reason: str) -> None: ...
@@ -54,6 +61,7 @@ class Exchange:
         "_pending",
         "_pool",
         "_retried",
+        "_upgrade",
         "backend_url",
         "connection",
         "front",
@@ -72,12 +80,14 @@ class Exchange:
         has_body: bool,
         chunked: bool,
         head_request: bool,
+        upgrade: bool = False,
     ) -> None:
         self.front = front
         self._pool = pool
         self._head = head
         self._chunked = chunked
         self._head_request = head_request
+        self._upgrade = upgrade  # the request asked to switch protocols
         self._pending: list[bytes] | None = [head]
         self._retried = has_body  # a request with a body is never sent twice
         self._close_delimited = False
@@ -185,11 +195,20 @@ class Exchange:
 
     def response_head(self, status: int, reason: bytes, headers: list[Header]) -> None:
         head = clean_response_headers(headers)
-        bodyless = self._head_request or status in _BODYLESS
+        if status == 101 and not (self._upgrade and head.upgrade):
+            raise ResponseRejected(
+                "answered 101 Switching Protocols without being asked to, or without Upgrade"
+            )
+        bodyless = self._head_request or status in _BODYLESS or status == 101
         self._close_delimited = not (bodyless or head.chunked or head.content_length is not None)
         self.response_started = True
         self.status = status
         self.front.send_head(status, reason, head, bodyless=bodyless)
+
+    def switch_protocols(self, connection: BackendConnection, backend_data: bytes) -> None:
+        """The backend said 101: the front and this connection become one tunnel (relay.py)."""
+        self.response_done = True
+        self.front.start_tunnel(connection, backend_data)
 
     def response_body(self, data: bytes) -> None:
         self.front.send_body(data)

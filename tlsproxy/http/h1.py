@@ -31,7 +31,7 @@ from zope.interface import implementer
 
 from tlsproxy import eagerwrite
 from tlsproxy.accesslog import AccessLog
-from tlsproxy.backend import BackendPool
+from tlsproxy.backend import BackendConnection, BackendPool
 from tlsproxy.deadline import NEVER, DeadlineSweeper
 from tlsproxy.http.exchange import Exchange, header_lines
 from tlsproxy.http.headers import (
@@ -45,10 +45,11 @@ from tlsproxy.http.headers import (
 )
 from tlsproxy.http.pages import error_response
 from tlsproxy.http.target import backend_target
+from tlsproxy.relay import Relay
 
 log = Logger()
 
-IDLE, HEAD, BODY, READ = range(4)  # what the connection is reading now
+IDLE, HEAD, BODY, READ, TUNNEL = range(5)  # what the connection is reading now
 MAX_HEADERS = 256
 MAX_URI_BYTES = 16 * 1024
 
@@ -103,6 +104,7 @@ class H1Connection(Protocol):
         "_settings",
         "_sweeper",
         "_trailers",
+        "_tunnel",
         "_upgrade_data",
         "_url",
         "client",
@@ -133,7 +135,8 @@ class H1Connection(Protocol):
         self._close_after = False
         self._closing = False
         self._response_bytes = 0
-        self._upgrade_data: bytes | None = None
+        self._upgrade_data: bytes | None = None  # what the client sent after asking
+        self._tunnel: Relay | None = None
         self._read_nothing_more = False  # what followed the held requests could not be parsed
         self.write_paused = False
         self.deadline = NEVER
@@ -175,6 +178,9 @@ class H1Connection(Protocol):
         successor.makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.from_client(data)
+            return
         if self._closing:
             return
         self._read_size = len(data)
@@ -202,9 +208,10 @@ class H1Connection(Protocol):
         self._closing = True
         self._sweeper.untrack(self)
         self._queued = None
-        exchange = self._exchange
-        if exchange is not None:
-            self._exchange = None
+        exchange, self._exchange = self._exchange, None
+        if self._tunnel is not None:
+            self._tunnel.client_ended()
+        elif exchange is not None:
             exchange.front_lost()
         self._on_close(self)
 
@@ -229,6 +236,9 @@ class H1Connection(Protocol):
         exchange = self._exchange
         if self._closing or self.write_paused:  # a client that stopped reading: cut it off
             self._abort_transport()
+        elif self._tunnel is not None:  # --tunnel-idle-timeout: silence both ways
+            self._tunnel.client_ended()
+            self.close()
         elif exchange is not None:
             if self._phase == BODY and not self._holds:  # waiting for the client's body
                 exchange.client_timed_out()
@@ -310,14 +320,19 @@ class H1Connection(Protocol):
         if target[:1] != b"/" or self._prefix:
             target = backend_target(target, method=method, host=head.host, prefix=self._prefix)
         lines = head.lines
+        # A switch of protocols (websocket) is asked for with a bodiless HTTP/1.1 request; the
+        # backend hears the same question. Anything else loses Upgrade like any hop-by-hop field.
+        upgrade = head.upgrade if not (has_body or self._http10) else None
+        if upgrade is not None and upgrade.strip().lower() == b"h2c":
+            upgrade = None  # cleartext HTTP/2 means nothing over TLS (RFC 9113 §3.1): ignored
+        if upgrade is not None:
+            lines += b"Connection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n"
         if head.host is None:  # HTTP/1.0 may omit Host; HTTP/1.1 to the backend may not
             lines = b"Host: " + settings.pool.address.authority + b"\r\n" + lines
         request = b"%s %s HTTP/1.1\r\n%s%s\r\n" % (method, target, lines, framing)
         self._response_chunked = False
         # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing; close after.
-        self._close_after = (
-            not keep_alive or head.upgrade is not None or (self._http10 and head.chunked)
-        )
+        self._close_after = not keep_alive or (self._http10 and head.chunked)
         self._response_bytes = 0
         self.deadline = self._sweeper.now + settings.backend_timeout
         exchange = Exchange(
@@ -327,6 +342,7 @@ class H1Connection(Protocol):
             has_body=has_body,
             chunked=head.chunked,
             head_request=method == b"HEAD",
+            upgrade=upgrade is not None,
         )
         self._exchange = exchange
         exchange.start()
@@ -369,6 +385,10 @@ class H1Connection(Protocol):
 
     def send_head(self, status: int, reason: bytes, head: ResponseHead, *, bodyless: bool) -> None:
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason), head.lines]
+        if status == 101:  # the tunnel follows this head; the client must hear what it becomes
+            lines.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n\r\n" % (head.upgrade or b""))
+            self._out.append(b"".join(lines))
+            return
         if head.content_length is not None and status != 204:
             lines.append(b"Content-Length: " + head.content_length + b"\r\n")
         elif not bodyless:
@@ -406,6 +426,35 @@ class H1Connection(Protocol):
         else:
             self._response_bytes = len(body)
             self._out += (head, body)
+
+    def start_tunnel(self, backend: BackendConnection, backend_data: bytes) -> None:
+        """The backend switched protocols: from now on bytes pass both ways untouched."""
+        self.flush()
+        self._log_exchange()
+        transport: Any = self.transport
+        tunnel_idle = self._settings.tunnel_idle_timeout
+
+        def activity() -> None:
+            if tunnel_idle is not None:
+                self.deadline = self._sweeper.now + tunnel_idle
+
+        relay = Relay(
+            write_client=transport.write,
+            write_backend=backend.write,
+            close_client=self.close,
+            close_backend=backend.close,
+            activity=activity,
+        )
+        self._tunnel = backend.tunnel = relay
+        self._phase = TUNNEL
+        self.deadline = NEVER
+        activity()
+        if backend_data:
+            relay.from_backend(backend_data)
+        client_data, self._upgrade_data = self._upgrade_data, None
+        if client_data:
+            relay.from_client(client_data)
+        self.release_reading("upgrade")
 
     def flush(self) -> None:
         out = self._out
@@ -449,8 +498,16 @@ class H1Connection(Protocol):
         # An idle connection holds nothing of the request it answered.
         self._url = b""
         self._headers = self._trailers = []
-        if self._close_after or self._upgrade_data is not None:
+        if self._close_after:
             self.close()
+            return
+        if self._upgrade_data is not None:
+            # The backend did not switch protocols: what followed the request is HTTP again.
+            pending, self._upgrade_data = self._upgrade_data, None
+            self._phase = IDLE
+            self.release_reading("upgrade")
+            if pending:
+                self.dataReceived(pending)
             return
         self._phase = IDLE
         self.deadline = self._sweeper.now + self._settings.idle_timeout

@@ -281,6 +281,7 @@ class ResponseHead:
     lines: bytes  # header lines, each ending in CRLF, without framing headers
     content_length: bytes | None
     chunked: bool
+    upgrade: bytes | None = None  # the Upgrade header (what a 101 switches to)
 
 
 def clean_response_headers(headers: Sequence[Header]) -> ResponseHead:
@@ -288,6 +289,7 @@ def clean_response_headers(headers: Sequence[Header]) -> ResponseHead:
     out: list[bytes] = []
     content_length: bytes | None = None
     chunked = False
+    upgrade: bytes | None = None
     connection_tokens: list[bytes] = []
     for name, value in headers:
         lname = name.lower()
@@ -305,7 +307,11 @@ def clean_response_headers(headers: Sequence[Header]) -> ResponseHead:
             chunked = True
         elif lname == b"connection":
             connection_tokens.extend(t.strip().lower() for t in value.split(b","))
+        elif lname == b"upgrade":
+            upgrade = value
     if any(t not in _PLAIN_CONNECTION_TOKENS for t in connection_tokens):
         named = set(connection_tokens)
         out = [line for line in out if line.split(b":", 1)[0].lower() not in named]
-    return ResponseHead(lines=b"".join(out), content_length=content_length, chunked=chunked)
+    return ResponseHead(
+        lines=b"".join(out), content_length=content_length, chunked=chunked, upgrade=upgrade
+    )
