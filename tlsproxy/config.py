@@ -66,6 +66,8 @@ class Config:
     trusted_proxies: tuple[IPNetwork, ...]
     http2: bool = True
     tunnel_idle_timeout: float | None = None  # upgraded (websocket) connections; None: no limit
+    redirect_listeners: tuple[Listener, ...] = ()  # --redirect-http: plain HTTP, 308 to https
+    hsts_seconds: int | None = None  # --hsts: Strict-Transport-Security max-age
 
 
 def parse_backend(url: str) -> BackendAddress:
@@ -156,6 +158,23 @@ def _listeners(options: Mapping[str, Any]) -> tuple[Listener, ...]:
             Listener(f"{kind}:{port}:interface={escaped}", optional=not options["interface"])
         )
     return tuple(listeners)
+
+
+def _redirect_listeners(options: Mapping[str, Any]) -> tuple[Listener, ...]:
+    raw = options.get("redirect_http")
+    if raw is None:
+        return ()
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ConfigError(f"--redirect-http {raw!r} is not a port number, e.g. 8080") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--redirect-http {port} is out of range; use 1-65535")
+    plain = _listeners({**options, "listen": [], "port": str(port)})
+    tls_ports = {d.description.split(":")[1] for d in _listeners(options)}
+    if str(port) in tls_ports:
+        raise ConfigError(f"--redirect-http {port} is the TLS port too; pick another port")
+    return plain
 
 
 def _hostnames(values: Sequence[str]) -> tuple[str, ...]:
@@ -255,6 +274,10 @@ def build_config(options: Mapping[str, Any], *, now: datetime) -> Config:
         access_log=access_log,
         trusted_proxies=trusted,
         http2=not options.get("no_http2", False),
+        redirect_listeners=_redirect_listeners(options),
+        hsts_seconds=(
+            _positive(options, "hsts", integer=True) if options.get("hsts") is not None else None
+        ),
         tunnel_idle_timeout=(
             _positive(options, "tunnel-idle-timeout")
             if options.get("tunnel_idle_timeout") is not None

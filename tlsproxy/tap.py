@@ -72,6 +72,13 @@ class Options(usage.Options):
         ],
         ["access-log", None, None, "Combined Log Format access log: a file PATH, or - for stdout."],
         [
+            "redirect-http",
+            None,
+            None,
+            "Also listen for plain HTTP on this port (same --interface) and answer 308 to https.",
+        ],
+        ["hsts", None, None, "Add Strict-Transport-Security: max-age=SECONDS to every response."],
+        [
             "tunnel-idle-timeout",
             None,
             None,

@@ -47,7 +47,6 @@ from tlsproxy.doctor.truststores import (
     certificates_in,
     node_finding,
     nss_finding,
-    parse_certutil_list,
     python_finding,
     system_finding,
 )
@@ -342,25 +341,6 @@ def test_system_store_without_the_ca_is_a_warning_naming_the_install_command(
     assert found.status is Status.WARNING
     assert "update-ca-certificates" in found.fix
     assert system_finding(dev, SystemStore(None, None), NOW).status is Status.SKIPPED
-
-
-# As certutil prints it: the trust column padded with trailing spaces.
-CERTUTIL_LISTING = (
-    "\nCertificate Nickname                                         Trust Attributes\n"
-    "                                                             SSL,S/MIME,JAR/XPI\n\n"
-    "tlsproxy dev ca                                              C,,  \n"
-    "other                                                        ,,   \n"
-    "Builtin Object Token:ISRG Root X1                            CT,C,C\n"
-)
-
-
-def test_certutil_listing_is_parsed_into_nicknames_and_trust() -> None:
-    """Nicknames may contain spaces; the header lines are not entries."""
-    assert parse_certutil_list(CERTUTIL_LISTING) == [
-        ("tlsproxy dev ca", "C,,"),
-        ("other", ",,"),
-        ("Builtin Object Token:ISRG Root X1", "CT,C,C"),
-    ]
 
 
 def test_nss_trusts_the_ca_only_with_the_c_flag(dev: ServedCertificate) -> None:

@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, TextIO, TypeVar
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from tlsproxy.config import DEFAULT_PORT, ConfigError, parse_backend
 from tlsproxy.doctor import backend as backend_checks
@@ -35,11 +35,10 @@ from tlsproxy.doctor.finding import (
     summary,
 )
 from tlsproxy.tls.certstore import CertificateError
+from tlsproxy.tls.command import ArgumentParser, UsageExit
 from tlsproxy.tls.devca import DEFAULT_NAMES, wanted_names
 
 if TYPE_CHECKING:
-    from _typeshed import SupportsWrite
-
     from tlsproxy.backend import BackendAddress
 
 _T = TypeVar("_T")
@@ -48,46 +47,19 @@ PROG = "tlsproxy doctor"
 DEFAULT_CERTS_DIR = Path("certs")
 
 
-class _ParserExit(Exception):
-    """argparse wants to stop; ``status`` is its exit code."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser that writes to the given streams and returns instead of exiting."""
-
-    def __init__(self, *, out: TextIO, err: TextIO) -> None:
-        super().__init__(
-            prog=PROG,
-            description=(
-                "Check what stands between a browser and your app: the certificate's names, "
-                "dates and chain, whether this machine trusts its CA, whether the backend "
-                "answers on IPv4 and IPv6, and whether it loops when told the request came "
-                "over HTTPS. Takes the flags of `twistd tlsproxy`. Exit status: 0 when nothing "
-                "is a problem (warnings allowed), 1 otherwise."
-            ),
-        )
-        self._out = out
-        self._err = err
-
-    def print_help(self, file: SupportsWrite[str] | None = None) -> None:
-        super().print_help(file or self._out)
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        if message:
-            self._err.write(message)
-        raise _ParserExit(status)
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(self._err)
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _parser(*, out: TextIO, err: TextIO) -> _Parser:
-    parser = _Parser(out=out, err=err)
+def _parser(*, out: TextIO, err: TextIO) -> ArgumentParser:
+    parser = ArgumentParser(
+        prog=PROG,
+        description=(
+            "Check what stands between a browser and your app: the certificate's names, "
+            "dates and chain, whether this machine trusts its CA, whether the backend "
+            "answers on IPv4 and IPv6, and whether it loops when told the request came "
+            "over HTTPS. Takes the flags of `twistd tlsproxy`. Exit status: 0 when nothing "
+            "is a problem (warnings allowed), 1 otherwise."
+        ),
+        out=out,
+        err=err,
+    )
     parser.add_argument(
         "--backend", required=True, metavar="URL", help="the plain-HTTP app, as for twistd"
     )
@@ -149,7 +121,7 @@ def run(
             names = wanted_names(args.hostname)
         except (ConfigError, CertificateError) as exc:
             parser.error(str(exc))
-    except _ParserExit as stop:
+    except UsageExit as stop:
         return stop.status
     findings: list[Finding] = []
 

@@ -19,7 +19,6 @@ import binascii
 import re
 import shlex
 import ssl
-import subprocess
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from OpenSSL import crypto
 
 from tlsproxy.doctor.certificate import ServedCertificate, moment_within
 from tlsproxy.doctor.finding import Finding, ok, skipped, warning
+from tlsproxy.tls.nss import Certutil, trusts_websites
 
 SYSTEM = "system trust"
 NSS = "NSS trust (Chromium)"
@@ -44,7 +44,6 @@ MAX_NSS_ENTRIES = 200  # a user database holds a handful; this bounds the certut
 _PEM_BLOCK = re.compile(
     rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
 )
-_CERTUTIL_LINE = re.compile(r"^(?P<nickname>\S.*?)\s+(?P<trust>[A-Za-z]*,[A-Za-z]*,[A-Za-z]*)\s*$")
 
 
 def certificates_in(pem: bytes) -> list[x509.Certificate]:
@@ -199,45 +198,17 @@ def default_nss_db() -> Path:
     return Path.home() / ".pki" / "nssdb"
 
 
-def parse_certutil_list(text: str) -> list[tuple[str, str]]:
-    """``certutil -L`` output → (nickname, trust flags) pairs, header lines skipped."""
-    entries = []
-    for line in text.splitlines():
-        match = _CERTUTIL_LINE.match(line)
-        if match and "SSL,S/MIME" not in line:
-            entries.append((match["nickname"], match["trust"]))
-    return entries
-
-
-def read_nss(certutil: str, db: Path) -> list[NssEntry]:
+def read_nss(program: str, db: Path) -> list[NssEntry]:
     """Every entry of the NSS database ``db`` with its certificates; raises OSError on failure."""
-    listing = _certutil(certutil, "-L", "-d", f"sql:{db}")
+    certutil = Certutil(program, timeout=CERTUTIL_TIMEOUT)
     entries = []
-    for nickname, trust in parse_certutil_list(listing)[:MAX_NSS_ENTRIES]:
+    for nickname, trust in certutil.entries(db)[:MAX_NSS_ENTRIES]:
         try:
-            pem = _certutil(certutil, "-L", "-d", f"sql:{db}", "-n", nickname, "-a")
+            pem = certutil.pem(db, nickname)  # empty for one it cannot export (a locked token)
         except OSError:
-            continue  # an entry certutil cannot export (a token it cannot open) is not ours
-        entries.append(NssEntry(nickname, trust, tuple(certificates_in(pem.encode()))))
+            continue  # certutil did not answer in time for this entry
+        entries.append(NssEntry(nickname, trust, tuple(certificates_in(pem))))
     return entries
-
-
-def _certutil(certutil: str, *args: str) -> str:
-    try:
-        result = subprocess.run(
-            [certutil, *args],
-            capture_output=True,
-            text=True,
-            timeout=CERTUTIL_TIMEOUT,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired:
-        raise OSError(f"certutil did not answer within {CERTUTIL_TIMEOUT:g} s") from None
-    if result.returncode != 0:
-        message = (result.stderr or result.stdout).strip().replace("\n", " ")
-        raise OSError(f"certutil failed: {message or f'exit status {result.returncode}'}")
-    return result.stdout
 
 
 def nss_finding(served: ServedCertificate, *, db: Path, entries: Sequence[NssEntry]) -> Finding:
@@ -248,7 +219,10 @@ def nss_finding(served: ServedCertificate, *, db: Path, entries: Sequence[NssEnt
     for entry in entries:
         if served.anchor in entry.certificates:
             ssl_flags = entry.trust.split(",", 1)[0]
-            if "C" in ssl_flags or ("P" in ssl_flags and served.anchor == served.loaded.leaf):
+            # A self-signed leaf is trusted as a peer (P) as well as as a CA.
+            if trusts_websites(entry.trust) or (
+                "P" in ssl_flags and served.anchor == served.loaded.leaf
+            ):
                 return ok(NSS, f"{db} trusts it for websites (nickname {entry.nickname!r})")
             return warning(
                 NSS,

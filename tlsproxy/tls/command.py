@@ -26,19 +26,19 @@ PROG = "tlsproxy certs"
 DEFAULT_CERTS_DIR = Path("certs")
 
 
-class _ParserExit(Exception):
-    """argparse wants to stop; ``status`` is its exit code."""
+class UsageExit(Exception):
+    """argparse wants to stop (help shown, or a usage error); ``status`` is its exit code."""
 
     def __init__(self, status: int) -> None:
         super().__init__(status)
         self.status = status
 
 
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser that writes to the given streams and returns instead of exiting."""
+class ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser that writes to the given streams and raises UsageExit, never exits."""
 
-    def __init__(self, *, out: TextIO, err: TextIO, description: str) -> None:
-        super().__init__(prog=PROG, description=description)
+    def __init__(self, *, prog: str, description: str, out: TextIO, err: TextIO) -> None:
+        super().__init__(prog=prog, description=description)
         self._out = out
         self._err = err
 
@@ -48,15 +48,16 @@ class _Parser(argparse.ArgumentParser):
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         if message:
             self._err.write(message)
-        raise _ParserExit(status)
+        raise UsageExit(status)
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(self._err)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _parser(*, out: TextIO, err: TextIO) -> _Parser:
-    parser = _Parser(
+def _parser(*, out: TextIO, err: TextIO) -> ArgumentParser:
+    parser = ArgumentParser(
+        prog=PROG,
         out=out,
         err=err,
         description=(
@@ -98,7 +99,7 @@ def run(argv: list[str], *, out: TextIO, err: TextIO, now: datetime | None = Non
             parser.error("--key and --key-passphrase-file need --cert")
         if args.cert is not None and args.certs_dir is not None:
             parser.error("--certs-dir makes development certificates; --cert checks your own")
-    except _ParserExit as stop:
+    except UsageExit as stop:
         return stop.status
     when = now if now is not None else datetime.now(UTC)
     try:

@@ -130,9 +130,11 @@ def ensure_dev_certificates(
 
 
 def trust_instructions(ca_cert_path: Path, *, url: str = "https://localhost:PORT/") -> list[str]:
-    """How to make clients trust the CA (curl, browsers, Python, Node), one line each."""
+    """How to make clients trust the CA: `tlsproxy trust` first, then each client, one line each."""
     ca = shlex.quote(str(ca_cert_path.absolute()))
+    certs_dir = shlex.quote(str(ca_cert_path.absolute().parent))
     return [
+        f"system store and browsers, in one step: python -m tlsproxy trust --certs-dir {certs_dir}",
         f"curl: curl --cacert {ca} {url}",
         f"Python: SSL_CERT_FILE={ca} (ssl, httpx), REQUESTS_CA_BUNDLE={ca} (requests)",
         f"Node.js: NODE_EXTRA_CA_CERTS={ca}",

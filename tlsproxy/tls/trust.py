@@ -21,9 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,19 +37,30 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tlsproxy.tls.certstore import CertificateError
-from tlsproxy.tls.command import DEFAULT_CERTS_DIR, _Parser, _ParserExit
+from tlsproxy.tls.command import DEFAULT_CERTS_DIR, ArgumentParser, UsageExit
 from tlsproxy.tls.devca import CA_CERT_NAME, ensure_dev_certificates
+from tlsproxy.tls.nss import (
+    NSS_TRUST,
+    Certutil,
+    MissingDatabase,
+    NssDatabase,
+    add_command,
+    delete_command,
+    discover_nss_databases,
+    trust_command,
+    trusts_websites,
+)
+from tlsproxy.tls.systemstore import (
+    SYSTEM_LABELS,
+    DebianStore,
+    debian_bundle,
+    find_program,
+    system_commands,
+    system_kind,
+)
 
 PROG = "tlsproxy trust"
 RECORD_NAME = "trust-installed.json"
-NSS_TRUST = "C,,"  # a CA trusted to identify websites (SSL field), nothing else
-TOOL_TIMEOUT = 120.0
-# Where the administrator's own CAs go on Debian/Ubuntu, relative to the system root.
-DEBIAN_LOCAL_DIR = Path("usr/local/share/ca-certificates")
-DEBIAN_ETC_DIR = Path("etc/ssl/certs")
-DEBIAN_BUNDLE = "ca-certificates.crt"
-# update-ca-certificates and update-ca-trust live in sbin, which a user's PATH may lack.
-SBIN_PATH = "/usr/local/sbin:/usr/sbin:/sbin"
 
 
 class Outcome(Enum):
@@ -114,6 +123,17 @@ class CA:
         """The NSS nickname and file name stem, unique to this CA."""
         return f"tlsproxy-dev-ca-{self.sha256[:16]}"
 
+    @property
+    def pem(self) -> bytes:
+        """The CA as PEM, the form every store here reads."""
+        return x509.load_der_x509_certificate(self.der).public_bytes(serialization.Encoding.PEM)
+
+    def by_hand(self, kind: str, *, uninstall: bool) -> str:
+        """The commands that install (or remove) the CA in ``kind``'s system store by hand."""
+        return system_commands(
+            kind, ca_path=self.path, name=self.name, sha1=self.sha1, uninstall=uninstall
+        )
+
     def matches(self, pem: bytes) -> bool:
         """Whether any certificate in ``pem`` is this CA (compared byte for byte)."""
         try:
@@ -123,127 +143,19 @@ class CA:
         return any(c.public_bytes(serialization.Encoding.DER) == self.der for c in certs)
 
 
-# --- NSS databases (Chromium, Firefox) -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NssDatabase:
-    """An NSS sql: database, the label printed for it, and whether to create it when missing."""
-
-    path: Path
-    label: str
-    create: bool = False
-
-
-def discover_nss_databases(home: Path) -> tuple[list[NssDatabase], list[Step]]:
-    """The NSS databases of Chromium and Firefox under ``home``, and a step for each missing."""
-    found: list[NssDatabase] = []
-    missing: list[Step] = []
-    chromium = home / ".pki" / "nssdb"
-    if (chromium / "cert9.db").exists():
-        found.append(NssDatabase(chromium, f"Chromium/Chrome NSS database {chromium}"))
-    else:
-        missing.append(
-            Step(
-                f"Chromium/Chrome NSS database {chromium}",
-                Outcome.ABSENT,
-                "the browser makes it on first start; to make it and trust the CA now: "
-                f"python -m tlsproxy trust --nss-db {chromium}",
-            )
-        )
-    snap = home / "snap" / "chromium" / "current" / ".pki" / "nssdb"
-    if (snap / "cert9.db").exists():
-        found.append(NssDatabase(snap, f"Chromium (snap) NSS database {snap}"))
-    profile_roots = [
-        home / ".mozilla" / "firefox",
-        home / "snap" / "firefox" / "common" / ".mozilla" / "firefox",
-        home / ".var" / "app" / "org.mozilla.firefox" / ".mozilla" / "firefox",
-        home / "Library" / "Application Support" / "Firefox" / "Profiles",
-    ]
-    profiles = sorted(db.parent for root in profile_roots for db in root.glob("*/cert9.db"))
-    found.extend(NssDatabase(p, f"Firefox profile {p.name} ({p})") for p in profiles)
-    if not profiles:
-        missing.append(
-            Step(f"Firefox profiles {profile_roots[0]}", Outcome.ABSENT, "none with a cert9.db")
-        )
-    return found, missing
-
-
-def parse_certutil_list(text: str) -> list[tuple[str, str]]:
-    """(nickname, trust flags) for each row of ``certutil -L``; the header rows are skipped."""
-    rows = []
-    for line in text.splitlines():
-        match = re.fullmatch(r"(\S.*?)\s+([a-zA-Z]*,[a-zA-Z]*,[a-zA-Z]*)\s*", line)
-        if match:
-            rows.append((match.group(1), match.group(2)))
-    return rows
-
-
-class Certutil:
-    """NSS's ``certutil`` (libnss3-tools) run on one sql: database at a time."""
-
-    def __init__(self, program: str) -> None:
-        self.program = program
-
-    def run(self, db: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-        """``certutil -d sql:DB ARGS``; never raises for a non-zero exit."""
-        return subprocess.run(
-            [self.program, "-d", f"sql:{db}", *args],
-            capture_output=True,
-            timeout=TOOL_TIMEOUT,
-            check=False,
-        )
-
-    def entries(self, db: Path) -> list[tuple[str, str]]:
-        """Every (nickname, trust) in the database."""
-        return parse_certutil_list(self._checked(db, "-L").decode("utf-8", "replace"))
-
-    def pem(self, db: Path, nickname: str) -> bytes:
-        """The certificates under ``nickname`` as PEM (empty when there are none)."""
-        done = self.run(db, "-L", "-n", nickname, "-a")
-        return done.stdout if done.returncode == 0 else b""
-
-    def _checked(self, db: Path, *args: str) -> bytes:
-        done = self.run(db, *args)
-        if done.returncode != 0:
-            message = (done.stderr or done.stdout).decode("utf-8", "replace").strip()
-            raise OSError(f"certutil {' '.join(args)} failed: {' '.join(message.split())}")
-        return done.stdout
-
-    def create(self, db: Path) -> None:
-        """Make an empty database (no password), as the browsers do on first start."""
-        db.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._checked(db, "-N", "--empty-password")
-
-    def add(self, db: Path, nickname: str, ca_path: Path) -> None:
-        """Add the CA trusted for websites."""
-        self._checked(db, "-A", "-t", NSS_TRUST, "-n", nickname, "-i", str(ca_path))
-
-    def delete(self, db: Path, nickname: str) -> None:
-        """Delete the certificate under ``nickname``."""
-        self._checked(db, "-D", "-n", nickname)
-
-
-def nss_command(db: Path, ca: CA, *, uninstall: bool) -> str:
-    """The certutil command that does the step by hand."""
-    if uninstall:
-        return f"certutil -d {shlex.quote(f'sql:{db}')} -D -n {ca.name}"
-    return (
-        f"certutil -d {shlex.quote(f'sql:{db}')} -A -t {NSS_TRUST} -n {ca.name} "
-        f"-i {shlex.quote(str(ca.path))}"
-    )
+# --- the steps: one store each -------------------------------------------------------------
 
 
 def install_nss(certutil: Certutil, db: NssDatabase, ca: CA) -> Step:
     """Trust the CA in one NSS database, unless it is trusted there already."""
     entry = Entry("nss", str(db.path))
-    if not (db.path / "cert9.db").exists():
+    if not db.exists():
         if not db.create:
             return Step(db.label, Outcome.SKIPPED, "no cert9.db there")
         certutil.create(db.path)
     rows = dict(certutil.entries(db.path))
     if ca.name in rows:
-        if _trusted(rows[ca.name]) and ca.matches(certutil.pem(db.path, ca.name)):
+        if trusts_websites(rows[ca.name]) and ca.matches(certutil.pem(db.path, ca.name)):
             return Step(db.label, Outcome.PRESENT, f"as {ca.name}", entry)
     else:
         # Added by hand under another nickname: NSS would keep that nickname and take our
@@ -252,161 +164,40 @@ def install_nss(certutil: Certutil, db: NssDatabase, ca: CA) -> Step:
             if not ca.matches(certutil.pem(db.path, nickname)):
                 continue
             detail = f"the CA is there as {nickname!r} (trust {flags}), added by hand; "
-            if _trusted(flags):
+            if trusts_websites(flags):
                 return Step(db.label, Outcome.PRESENT, f"{detail}left alone")
-            fix = f"certutil -d {shlex.quote(f'sql:{db.path}')} -M -n {shlex.quote(nickname)}"
-            return Step(db.label, Outcome.SKIPPED, f"{detail}to trust it: {fix} -t {NSS_TRUST}")
+            fix = trust_command(db.path, nickname)
+            return Step(db.label, Outcome.SKIPPED, f"{detail}to trust it: {fix}")
     certutil.add(db.path, ca.name, ca.path)  # on our own entry, this restores its trust flags
-    if not _trusted(dict(certutil.entries(db.path)).get(ca.name, ",,")):
-        raise OSError(f"certutil -A ran, but {ca.name} is not trusted in {db.path} afterwards")
     return Step(db.label, Outcome.INSTALLED, f"as {ca.name} (trust {NSS_TRUST})", entry)
-
-
-def _trusted(flags: str) -> bool:
-    """Whether NSS trust flags (``SSL,S/MIME,code``) make a CA trusted for websites."""
-    return "C" in flags.split(",", maxsplit=1)[0]
 
 
 def uninstall_nss(certutil: Certutil, db: NssDatabase, ca: CA) -> Step:
     """Remove this CA's own entry from one NSS database; entries made by hand stay."""
     entry = Entry("nss", str(db.path))
-    if not (db.path / "cert9.db").exists():
+    if not db.exists():
         return Step(db.label, Outcome.ABSENT, "no NSS database there", entry)
     rows = dict(certutil.entries(db.path))
     if ca.name not in rows or not ca.matches(certutil.pem(db.path, ca.name)):
         return Step(db.label, Outcome.ABSENT, f"no {ca.name}", entry)
     certutil.delete(db.path, ca.name)
-    if ca.name in dict(certutil.entries(db.path)):
-        raise OSError(f"certutil -D ran, but {ca.name} is still in {db.path}")
     return Step(db.label, Outcome.REMOVED, ca.name, entry)
-
-
-# --- the system store ------------------------------------------------------------------------
-
-
-def system_kind(platform: str, which: Callable[[str], str | None], root: Path) -> str:
-    """Which system store the machine at ``root`` has: debian, fedora, macos, windows, unknown."""
-    if platform == "darwin":
-        return "macos"
-    if platform == "win32":
-        return "windows"
-    if which("update-ca-certificates") or (root / "etc/debian_version").exists():
-        return "debian"
-    if which("update-ca-trust") or (root / "etc/pki/ca-trust").is_dir():
-        return "fedora"
-    return "unknown"
-
-
-SYSTEM_LABELS = {
-    "debian": "system store (Debian/Ubuntu)",
-    "fedora": "system store (Fedora/RHEL)",
-    "macos": "system store (macOS keychain)",
-    "windows": "system store (Windows)",
-    "unknown": "system store",
-}
-
-
-def system_commands(kind: str, ca: CA, *, uninstall: bool) -> str:
-    """The exact commands that install (or remove) the CA in ``kind``'s system store by hand."""
-    path = shlex.quote(str(ca.path))
-    if kind == "debian":
-        crt = f"/{DEBIAN_LOCAL_DIR}/{ca.name}.crt"
-        if uninstall:
-            return f"sudo rm -f {crt} && sudo update-ca-certificates --fresh"
-        return f"sudo install -D -m 644 {path} {crt} && sudo update-ca-certificates"
-    if kind == "fedora":
-        anchor = f"/etc/pki/ca-trust/source/anchors/{ca.name}.pem"
-        if uninstall:
-            return f"sudo rm -f {anchor} && sudo update-ca-trust extract"
-        return f"sudo install -D -m 644 {path} {anchor} && sudo update-ca-trust extract"
-    if kind == "macos":
-        keychain = "/Library/Keychains/System.keychain"
-        if uninstall:
-            return (
-                f"sudo security remove-trusted-cert -d {path} && "
-                f"sudo security delete-certificate -Z {ca.sha1} {keychain}"
-            )
-        return f"sudo security add-trusted-cert -d -r trustRoot -k {keychain} {path}"
-    if kind == "windows":
-        if uninstall:
-            return f"certutil -delstore ROOT {ca.sha1}  (in an administrator prompt)"
-        return f'certutil -addstore -f ROOT "{ca.path}"  (in an administrator prompt)'
-    return "; ".join(
-        f"{label}: {system_commands(other, ca, uninstall=uninstall)}"
-        for other, label in (("debian", "Debian/Ubuntu"), ("fedora", "Fedora/RHEL/Arch"))
-    )
-
-
-def debian_bundle(root: Path) -> Path:
-    """The bundle update-ca-certificates builds under ``root`` (OpenSSL's default CA file)."""
-    return root / DEBIAN_ETC_DIR / DEBIAN_BUNDLE
-
-
-class DebianStore:
-    """The Debian/Ubuntu store under ``root``: a .crt in the local dir, then the update tool."""
-
-    def __init__(self, root: Path, program: str) -> None:
-        self.root = root
-        self.program = program
-        self.local_dir = root / DEBIAN_LOCAL_DIR
-        self.etc_dir = root / DEBIAN_ETC_DIR
-        self.bundle = debian_bundle(root)
-
-    def file(self, ca: CA) -> Path:
-        """Where the CA's copy goes."""
-        return self.local_dir / f"{ca.name}.crt"
-
-    def trusts(self, ca: CA) -> bool:
-        """Whether the update tool has taken the CA in: its link, and its PEM in the bundle."""
-        link = self.etc_dir / f"{ca.name}.pem"
-        if not link.is_symlink() or link.resolve() != self.file(ca).resolve():
-            return False
-        try:
-            # update-ca-certificates appends each .crt verbatim; a byte search suffices and,
-            # unlike parsing, does not trip over an odd certificate elsewhere in the bundle.
-            return ca_pem(ca) in self.bundle.read_bytes()
-        except FileNotFoundError:
-            return False
-
-    def writable(self) -> bool:
-        """Whether this process may change the store (on a real system: whether it is root)."""
-        local = self.local_dir
-        while not local.exists() and local != local.parent:
-            local = local.parent  # the directory it would be made in
-        return os.access(local, os.W_OK) and os.access(self.etc_dir, os.W_OK)
-
-    def update(self, *, fresh: bool) -> None:
-        """Run update-ca-certificates; under another root, with every path pointed there."""
-        argv = [self.program, *(["--fresh"] if fresh else [])]
-        if self.root != Path("/"):
-            # Spelled out rather than --sysroot, which only ca-certificates 20250419+ knows
-            # (older ones print their usage and exit 0 without doing anything).
-            argv += [
-                *("--certsconf", str(self.root / "etc/ca-certificates.conf")),
-                *("--certsdir", str(self.root / "usr/share/ca-certificates")),
-                *("--localcertsdir", str(self.local_dir)),
-                *("--etccertsdir", str(self.etc_dir)),
-                *("--hooksdir", str(self.root / "etc/ca-certificates/update.d")),
-            ]
-        done = subprocess.run(argv, capture_output=True, timeout=TOOL_TIMEOUT, check=False)
-        if done.returncode != 0:
-            message = (done.stderr or done.stdout).decode("utf-8", "replace").strip()
-            raise OSError(f"{' '.join(argv)} failed: {' '.join(message.split())}")
 
 
 def install_debian(store: DebianStore, ca: CA) -> Step:
     """Copy the CA into the local CA directory and run update-ca-certificates."""
-    label, entry, target = SYSTEM_LABELS["debian"], Entry("debian", str(store.root)), store.file(ca)
-    if target.exists() and ca.matches(target.read_bytes()) and store.trusts(ca):
+    label, entry = SYSTEM_LABELS["debian"], Entry("debian", str(store.root))
+    target = store.file(ca.name)
+    if target.exists() and ca.matches(target.read_bytes()) and store.trusts(ca.name, ca.pem):
         return Step(label, Outcome.PRESENT, f"{target} is in {store.bundle}", entry)
     if not store.writable():
-        by_hand = system_commands("debian", ca, uninstall=False)
+        by_hand = ca.by_hand("debian", uninstall=False)
         return Step(label, Outcome.SKIPPED, f"needs root; by hand: {by_hand}", entry)
     store.local_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-    write_atomically(target, ca_pem(ca), mode=0o644)
+    write_atomically(target, ca.pem, mode=0o644)
     try:
         store.update(fresh=False)
-        if not store.trusts(ca):
+        if not store.trusts(ca.name, ca.pem):
             raise OSError(f"{store.program} ran, but {store.bundle} does not hold {target}")
     except BaseException:
         target.unlink(missing_ok=True)
@@ -416,15 +207,16 @@ def install_debian(store: DebianStore, ca: CA) -> Step:
 
 def uninstall_debian(store: DebianStore, ca: CA) -> Step:
     """Remove this CA's copy and rebuild the store with ``--fresh`` (which drops its links)."""
-    label, entry, target = SYSTEM_LABELS["debian"], Entry("debian", str(store.root)), store.file(ca)
+    label, entry = SYSTEM_LABELS["debian"], Entry("debian", str(store.root))
+    target = store.file(ca.name)
     if not target.exists() or not ca.matches(target.read_bytes()):
         return Step(label, Outcome.ABSENT, f"no {target}", entry)
     if not store.writable():
-        by_hand = system_commands("debian", ca, uninstall=True)
+        by_hand = ca.by_hand("debian", uninstall=True)
         return Step(label, Outcome.SKIPPED, f"needs root; by hand: {by_hand}", entry)
     target.unlink()
     store.update(fresh=True)
-    if store.bundle.exists() and ca_pem(ca) in store.bundle.read_bytes():
+    if store.bundles(ca.pem):
         # update-ca-certificates rewrites the bundle only when some CA remains in it.
         raise OSError(f"{store.program} --fresh ran, but {store.bundle} still holds the CA")
     return Step(label, Outcome.REMOVED, f"{target}, and rebuilt {store.bundle}", entry)
@@ -472,11 +264,6 @@ def write_atomically(path: Path, data: bytes, *, mode: int) -> None:
         raise
 
 
-def ca_pem(ca: CA) -> bytes:
-    """The CA as PEM, the form every store here reads."""
-    return x509.load_der_x509_certificate(ca.der).public_bytes(serialization.Encoding.PEM)
-
-
 # --- the command -----------------------------------------------------------------------------
 
 
@@ -511,7 +298,8 @@ class Options:
 
 def parse_options(argv: list[str], *, out: TextIO, err: TextIO) -> Options | int:
     """The options in ``argv``, or the exit status when argparse has answered (help, error)."""
-    parser = _Parser(
+    parser = ArgumentParser(
+        prog=PROG,
         out=out,
         err=err,
         description=(
@@ -520,7 +308,6 @@ def parse_options(argv: list[str], *, out: TextIO, err: TextIO) -> Options | int
             "need; with --uninstall, remove exactly what this command installed."
         ),
     )
-    parser.prog = PROG
     parser.add_argument(
         "--certs-dir",
         type=Path,
@@ -547,7 +334,7 @@ def parse_options(argv: list[str], *, out: TextIO, err: TextIO) -> Options | int
     )
     try:
         args = parser.parse_args(argv)
-    except _ParserExit as stop:
+    except UsageExit as stop:
         return stop.status
     return Options(
         certs_dir=args.certs_dir,
@@ -616,16 +403,16 @@ def _guarded(label: str, entry: Entry | None, action: Callable[[], Step], by_han
 
 def _system_steps(options: Options, ca: CA, recorded: set[Entry]) -> list[Step]:
     root = options.system_root
-    kind = "debian" if root != Path("/") else system_kind(sys.platform, _which, root)
+    kind = "debian" if root != Path("/") else system_kind(sys.platform, find_program, root)
     label = SYSTEM_LABELS[kind]
-    by_hand = system_commands(kind, ca, uninstall=options.uninstall)
+    by_hand = ca.by_hand(kind, uninstall=options.uninstall)
     if kind != "debian":
         reason = "unknown system" if kind == "unknown" else "not automated here"
         return [Step(label, Outcome.SKIPPED, f"{reason}; by hand: {by_hand}")]
     roots = [root]
     if options.uninstall and root == Path("/"):
         roots += sorted({Path(e.location) for e in recorded if e.kind == "debian"} - {root})
-    program = _which("update-ca-certificates")
+    program = find_program("update-ca-certificates")
     steps = []
     for each in roots:
         entry = Entry("debian", str(each))
@@ -642,7 +429,7 @@ def _system_steps(options: Options, ca: CA, recorded: set[Entry]) -> list[Step]:
 
 
 def _nss_steps(options: Options, ca: CA, recorded: set[Entry], *, home: Path) -> list[Step]:
-    missing: list[Step] = []
+    missing: list[MissingDatabase] = []
     if options.nss_dbs:
         databases = [NssDatabase(db, f"NSS database {db}", create=True) for db in options.nss_dbs]
     else:
@@ -656,12 +443,15 @@ def _nss_steps(options: Options, ca: CA, recorded: set[Entry], *, home: Path) ->
             ]
             missing = []  # only what is there matters when removing
     # Windows has a certutil of its own that is not NSS's.
-    program = None if sys.platform == "win32" else _which("certutil")
+    program = None if sys.platform == "win32" else find_program("certutil")
     action = uninstall_nss if options.uninstall else install_nss
     steps = []
     for db in databases:
         entry = Entry("nss", str(db.path))
-        by_hand = nss_command(db.path, ca, uninstall=options.uninstall)
+        if options.uninstall:
+            by_hand = delete_command(db.path, ca.name)
+        else:
+            by_hand = add_command(db.path, ca.name, ca.path)
         if program is None:
             reason = (
                 "certutil not found (Debian/Ubuntu: sudo apt-get install libnss3-tools; "
@@ -670,12 +460,7 @@ def _nss_steps(options: Options, ca: CA, recorded: set[Entry], *, home: Path) ->
             steps.append(Step(db.label, Outcome.SKIPPED, f"{reason}; then: {by_hand}", entry))
             continue
         steps.append(_guarded(db.label, entry, partial(action, Certutil(program), db, ca), by_hand))
-    return steps + missing
-
-
-def _which(program: str) -> str | None:
-    path = os.environ.get("PATH", os.defpath)
-    return shutil.which(program, path=f"{path}{os.pathsep}{SBIN_PATH}")
+    return steps + [Step(m.label, Outcome.ABSENT, m.detail) for m in missing]
 
 
 def _count(steps: list[Step], outcome: Outcome) -> int:

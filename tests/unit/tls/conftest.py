@@ -1,4 +1,4 @@
-"""Helpers for the TLS tests: the real `openssl` binary, and real handshakes in memory.
+"""Helpers for the TLS tests: the real `openssl` and `certutil`, and real handshakes in memory.
 
 `handshake` runs Twisted's TLSMemoryBIOProtocol (the server side, as a listener wraps it) over a
 StringTransport against Python's ``ssl`` module over memory BIOs (a client users really have).
@@ -24,6 +24,15 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from tests.certfactory import Issued, cert_pem
 
 OpenSSL = Callable[..., bytes]
+
+
+@pytest.fixture
+def certutil() -> str:
+    """The path of NSS's certutil; skips without it (Debian package libnss3-tools)."""
+    program = shutil.which("certutil")
+    if program is None:
+        pytest.skip("NSS's certutil is not installed (apt-get install libnss3-tools)")
+    return program
 
 
 @pytest.fixture

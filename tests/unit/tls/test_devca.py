@@ -433,11 +433,12 @@ def test_naive_now_is_refused(certs_dir: Path) -> None:
 
 
 def test_trust_instructions_cover_the_usual_clients(tmp_path: Path) -> None:
-    """curl, Python, Node, the Debian store and NSS browsers each get a line with the CA path."""
+    """`tlsproxy trust` first; then curl, Python, Node, the Debian store and NSS browsers."""
     ca = tmp_path / "certs" / "ca.pem"
 
     lines = trust_instructions(ca, url="https://localhost:8443/")
 
+    assert lines[0].endswith(f": python -m tlsproxy trust --certs-dir {ca.parent}")
     text = "\n".join(lines)
     assert f"curl --cacert {ca} https://localhost:8443/" in text
     assert f"SSL_CERT_FILE={ca}" in text
@@ -459,5 +460,6 @@ def test_trust_instructions_use_an_absolute_quoted_path(
 
     lines = trust_instructions(Path("my certs/ca.pem"))
 
-    assert f"--cacert '{tmp_path}/my certs/ca.pem'" in lines[0]
+    assert lines[0].endswith(f"--certs-dir '{tmp_path}/my certs'")
+    assert f"--cacert '{tmp_path}/my certs/ca.pem'" in lines[1]
     assert all("\n" not in line for line in lines)

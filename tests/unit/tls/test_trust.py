@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,20 +16,8 @@ import pytest
 
 from tests.certfactory import NOW, cert_pem, make_ca
 from tlsproxy.tls.devca import ensure_dev_certificates
-from tlsproxy.tls.trust import (
-    CA,
-    RECORD_NAME,
-    Entry,
-    Outcome,
-    client_lines,
-    discover_nss_databases,
-    parse_certutil_list,
-    read_record,
-    run,
-    system_commands,
-    system_kind,
-    write_record,
-)
+from tlsproxy.tls.nss import parse_certutil_list
+from tlsproxy.tls.trust import CA, RECORD_NAME, Entry, client_lines, read_record, run, write_record
 
 
 def trust(*argv: str, home: Path) -> tuple[int, str, str]:
@@ -38,15 +25,6 @@ def trust(*argv: str, home: Path) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     code = run(list(argv), out=out, err=err, home=home, now=NOW)
     return code, out.getvalue(), err.getvalue()
-
-
-@pytest.fixture
-def certutil() -> str:
-    """The path of NSS's certutil; skips without it (Debian package libnss3-tools)."""
-    program = shutil.which("certutil")
-    if program is None:
-        pytest.skip("NSS's certutil is not installed (apt-get install libnss3-tools)")
-    return program
 
 
 def nss_rows(db: Path) -> dict[str, str]:
@@ -72,25 +50,6 @@ def dev_ca(certs_dir: Path) -> CA:
 # --- pure parts ------------------------------------------------------------------------------
 
 
-def test_certutil_listing_is_parsed_with_spaces_in_nicknames() -> None:
-    """Rows of `certutil -L` become (nickname, flags); header rows and blank lines are skipped."""
-    text = (
-        "\n"
-        "Certificate Nickname                                         Trust Attributes\n"
-        "                                                             SSL,S/MIME,JAR/XPI\n"
-        "\n"
-        "tlsproxy-dev-ca-0123456789abcdef                             C,,  \n"
-        "My Company Root CA                                           CT,C,C\n"
-        "untrusted                                                    ,,   \n"
-    )
-
-    assert parse_certutil_list(text) == [
-        ("tlsproxy-dev-ca-0123456789abcdef", "C,,"),
-        ("My Company Root CA", "CT,C,C"),
-        ("untrusted", ",,"),
-    ]
-
-
 def test_entry_name_carries_the_fingerprint(tmp_path: Path) -> None:
     """Each CA gets its own name, from its SHA-256, so one CA is never taken for another."""
     first, second = dev_ca(tmp_path / "a"), dev_ca(tmp_path / "b")
@@ -102,84 +61,14 @@ def test_entry_name_carries_the_fingerprint(tmp_path: Path) -> None:
     assert not first.matches(b"not a certificate")
 
 
-def test_discovery_finds_chromium_and_firefox_databases(tmp_path: Path) -> None:
-    """~/.pki/nssdb and each Firefox profile holding a cert9.db are found; others are not."""
-    (tmp_path / ".pki" / "nssdb").mkdir(parents=True)
-    (tmp_path / ".pki" / "nssdb" / "cert9.db").touch()
-    firefox = tmp_path / ".mozilla" / "firefox"
-    for profile in ("abc.default-release", "old.default"):
-        (firefox / profile).mkdir(parents=True)
-    (firefox / "abc.default-release" / "cert9.db").touch()
-    (firefox / "old.default" / "cert8.db").touch()
-
-    found, missing = discover_nss_databases(tmp_path)
-
-    assert [db.path for db in found] == [tmp_path / ".pki/nssdb", firefox / "abc.default-release"]
-    assert "Chromium" in found[0].label
-    assert "Firefox profile abc.default-release" in found[1].label
-    assert not any(db.create for db in found)
-    assert missing == []
-
-
-def test_discovery_explains_what_is_missing(tmp_path: Path) -> None:
-    """Without Chromium's database or a Firefox profile, each says so, with how to make one."""
-    found, missing = discover_nss_databases(tmp_path)
-
-    assert found == []
-    assert [step.outcome for step in missing] == [Outcome.ABSENT, Outcome.ABSENT]
-    assert f"--nss-db {tmp_path / '.pki/nssdb'}" in missing[0].line()
-    assert "Firefox" in missing[1].line()
-
-
-def test_system_kind_follows_the_platform_and_its_tools(tmp_path: Path) -> None:
-    """macOS and Windows by platform; on Linux, Debian or Fedora by their tool or files."""
-
-    def none(_: str) -> str | None:
-        return None
-
-    assert system_kind("darwin", none, tmp_path) == "macos"
-    assert system_kind("win32", none, tmp_path) == "windows"
-    assert system_kind("linux", none, tmp_path) == "unknown"
-    fedora_tool = {"update-ca-trust": "/usr/bin/update-ca-trust"}.get
-    assert system_kind("linux", fedora_tool, tmp_path) == "fedora"
-    debian_tool = {"update-ca-certificates": "/usr/sbin/update-ca-certificates"}.get
-    assert system_kind("linux", debian_tool, tmp_path) == "debian"
-    (tmp_path / "etc").mkdir()
-    (tmp_path / "etc" / "debian_version").write_text("13.0\n")
-    assert system_kind("linux", none, tmp_path) == "debian"
-
-
-def test_commands_by_hand_for_every_system_store(tmp_path: Path) -> None:
-    """Each system store has exact install and removal commands naming this CA."""
+def test_commands_by_hand_name_this_ca(tmp_path: Path) -> None:
+    """The system-store commands carry this CA's path, entry name and SHA-1 thumbprint."""
     ca = dev_ca(tmp_path / "certs")
-    path = str(ca.path)
 
-    assert system_commands("debian", ca, uninstall=False) == (
-        f"sudo install -D -m 644 {path} /usr/local/share/ca-certificates/{ca.name}.crt"
-        " && sudo update-ca-certificates"
+    assert f"{ca.path} /usr/local/share/ca-certificates/{ca.name}.crt" in ca.by_hand(
+        "debian", uninstall=False
     )
-    assert system_commands("debian", ca, uninstall=True) == (
-        f"sudo rm -f /usr/local/share/ca-certificates/{ca.name}.crt"
-        " && sudo update-ca-certificates --fresh"
-    )
-    assert system_commands("fedora", ca, uninstall=False) == (
-        f"sudo install -D -m 644 {path} /etc/pki/ca-trust/source/anchors/{ca.name}.pem"
-        " && sudo update-ca-trust extract"
-    )
-    assert system_commands("macos", ca, uninstall=False) == (
-        "sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain "
-        + path
-    )
-    assert f"delete-certificate -Z {ca.sha1} " in system_commands("macos", ca, uninstall=True)
-    assert system_commands("windows", ca, uninstall=False).startswith(
-        f'certutil -addstore -f ROOT "{path}"'
-    )
-    assert system_commands("windows", ca, uninstall=True).startswith(
-        f"certutil -delstore ROOT {ca.sha1}"
-    )
-    unknown = system_commands("unknown", ca, uninstall=False)
-    assert "update-ca-certificates" in unknown
-    assert "update-ca-trust" in unknown
+    assert f"certutil -delstore ROOT {ca.sha1}" in ca.by_hand("windows", uninstall=True)
 
 
 def test_client_lines_prefer_the_system_bundle(tmp_path: Path) -> None:
@@ -401,6 +290,20 @@ def test_missing_certutil_skips_with_the_command(
         err == f"tlsproxy trust: error: no store trusts the CA {ca.path}; do a step above by hand\n"
     )
     assert not db.exists()
+
+
+def test_missing_browser_databases_are_each_a_line(tmp_path: Path) -> None:
+    """Without Chromium's database or a Firefox profile, each is "not there", with what to do."""
+    code, out, _ = trust("--certs-dir", str(tmp_path / "certs"), "--no-system", home=tmp_path)
+
+    chromium = tmp_path / ".pki" / "nssdb"
+    assert code == 1
+    assert (
+        f"Chromium/Chrome NSS database {chromium}: not there: the browser makes it on first "
+        f"start; to make it and trust the CA now: python -m tlsproxy trust --nss-db {chromium}"
+    ) in out.splitlines()
+    firefox = tmp_path / ".mozilla" / "firefox"
+    assert f"Firefox profiles {firefox}: not there: none with a cert9.db" in out.splitlines()
 
 
 def test_uninstall_without_a_ca_has_nothing_to_do(tmp_path: Path) -> None:
