@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import re
 import socket
 import ssl
 import subprocess
@@ -91,6 +92,45 @@ def run_wrk(
     raise RuntimeError(
         f"wrk gave no result (exit {done.returncode}): {' '.join(argv)}\n"
         f"{done.stdout}\n{done.stderr}"
+    )
+
+
+_H2LOAD_FINISHED = re.compile(r"finished in ([0-9.]+)s, ([0-9.]+) req/s")
+_H2LOAD_REQUESTS = re.compile(
+    r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+    r"(\d+) errored, (\d+) timeout"
+)
+_H2LOAD_STATUS = re.compile(r"status codes: (\d+) 2xx")
+
+
+def run_h2load(
+    h2load: str, url: str, *, connections: int, streams: int, duration: float
+) -> LoadResult:
+    """``h2load -cN -mM -D S``: N HTTP/2 connections with M concurrent streams each."""
+    argv = [
+        h2load, "-t1", f"-c{connections}", f"-m{streams}", "-D", str(max(1, round(duration))),
+        url,
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
+    finished = _H2LOAD_FINISHED.search(done.stdout)
+    requests = _H2LOAD_REQUESTS.search(done.stdout)
+    status = _H2LOAD_STATUS.search(done.stdout)
+    if finished is None or requests is None:
+        raise RuntimeError(
+            f"h2load gave no result (exit {done.returncode}): {' '.join(argv)}\n"
+            f"{done.stdout}\n{done.stderr}"
+        )
+    _total, finished_requests, succeeded, failed, errored, timeouts = (
+        int(v) for v in requests.groups()
+    )
+    ok = int(status.group(1)) if status else succeeded
+    return LoadResult(
+        requests=ok,
+        bytes_read=0,
+        bytes_sent_body=0,
+        seconds=float(finished.group(1)),
+        errors=failed + errored + timeouts + (succeeded - ok),
+        note=f"done={finished_requests} succeeded={succeeded} 2xx={ok}",
     )
 
 

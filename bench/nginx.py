@@ -99,6 +99,7 @@ def proxy_conf(fx: Fixtures, *, name: str, port: int, backend_port: int, modules
     """nginx as the reference TLS proxy: streaming both ways, upstream keep-alive.
 
     It does the same work tlsproxy does per request: TLS 1.2+ with the same certificate,
+    ALPN h2 and http/1.1 (``listen ... ssl http2``: nginx 1.22 has no ``http2 on;``),
     HTTP/1.1 to the backend over pooled connections, forwarded headers added. Session
     resumption stays at nginx's default (tickets on), as in tlsproxy; the handshake scenario's
     client never offers a session, so every connection there is a full handshake.
@@ -112,7 +113,7 @@ def proxy_conf(fx: Fixtures, *, name: str, port: int, backend_port: int, modules
         keepalive_timeout 300s;
     }}
     server {{
-        listen 127.0.0.1:{port} ssl backlog=4096;
+        listen 127.0.0.1:{port} ssl http2 backlog=4096;
         ssl_certificate {fx.cert};
         ssl_certificate_key {fx.key};
         ssl_protocols TLSv1.2 TLSv1.3;

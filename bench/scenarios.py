@@ -27,6 +27,8 @@ class Settings:
     handshake_processes: int = 4
     keepalive_connections: int = 50
     bulk_connections: int = 4
+    h2_connections: int = 10
+    h2_streams: int = 10
 
 
 @dataclass
@@ -84,6 +86,17 @@ def keepalive(settings: Settings, proxy: Service) -> Sample:
         script_dir=settings.work_dir,
     ))  # fmt: skip
     return Sample(result.requests_per_s, cpu, result.errors, {"wrk": vars(result)})
+
+
+def h2_keepalive(settings: Settings, proxy: Service) -> Sample:
+    """100-byte GETs over HTTP/2: 10 connections of 10 concurrent streams each, requests/s."""
+    url = _url(proxy, "/small")
+    loads.run_h2load(settings.tools.h2load, url, connections=2, streams=10, duration=1)
+    result, cpu = _with_cpu(proxy, lambda: loads.run_h2load(
+        settings.tools.h2load, url, connections=settings.h2_connections,
+        streams=settings.h2_streams, duration=settings.duration,
+    ))  # fmt: skip
+    return Sample(result.requests_per_s, cpu, result.errors, {"h2load": vars(result)})
 
 
 def get_1m(settings: Settings, proxy: Service) -> Sample:
@@ -197,6 +210,8 @@ SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
         Scenario("keepalive", "keep-alive 100 B GET", "req/s", keepalive, 0.40, "ratio"),
+        Scenario("h2-keepalive", "h2 keep-alive 100 B GET", "req/s", h2_keepalive, 0.25,
+                 "ratio"),
         Scenario("get-1m", "1 MiB GET throughput", "MiB/s", get_1m, 0.70, "ratio"),
         Scenario("post-10m", "10 MiB POST throughput", "MiB/s", post_10m, 0.70, "ratio"),
         Scenario("handshakes", "new TLS conns (P-256, full)", "conn/s", handshakes, 0.80,

@@ -16,6 +16,7 @@ PROGRAMS: dict[str, str] = {
     "openssl": "openssl",
     "curl": "curl",
     "taskset": "util-linux",
+    "h2load": "nghttp2-client",  # the HTTP/2 load generator (the h2 keep-alive scenario)
 }
 # The backend's upload sink reads every body byte with ngx.req.socket(); nginx's own
 # `return 200` answers before the body is read and discards the rest, which would let a
@@ -36,6 +37,7 @@ class Tools:
     openssl: str
     curl: str
     taskset: str
+    h2load: str
     nginx_modules: Path
 
 
@@ -76,6 +78,7 @@ def ensure_tools(*, install: bool) -> Tools:
         openssl=path("openssl"),
         curl=path("curl"),
         taskset=path("taskset"),
+        h2load=path("h2load"),
         nginx_modules=LUA_MODULE_DIR,
     )
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet import error as net_error
@@ -16,6 +17,7 @@ from twisted.python.failure import Failure
 
 from tlsproxy.config import Listener
 from tlsproxy.http.h1 import FrontSettings, H1Connection
+from tlsproxy.http.h2 import H2Connection
 
 log = Logger()
 
@@ -24,20 +26,49 @@ class ListenError(Exception):
     """A listener that could not be opened; the message says which and why, in one line."""
 
 
+FrontConnection = H1Connection | H2Connection
+#: Builds the protocol that takes a connection over when ALPN chose it; given the callback
+#: to call when that connection closes.
+Takeover = Callable[[Callable[[H2Connection], None]], H2Connection]
+
+
 class FrontFactory(Factory):
-    """Builds one HTTP/1.1 front per client and stops accepting at ``--max-connections``."""
+    """Builds one HTTP/1.1 front per client and stops accepting at ``--max-connections``.
+
+    A connection taken over by another protocol after the TLS handshake (``takeovers``, by ALPN
+    name) stays counted and is closed like the others: it is the same client connection.
+    """
 
     noisy = False
 
-    def __init__(self, settings: FrontSettings, *, max_connections: int) -> None:
+    def __init__(
+        self,
+        settings: FrontSettings,
+        *,
+        max_connections: int,
+        takeovers: Mapping[bytes, Takeover] | None = None,
+    ) -> None:
+        self._takeovers = dict(takeovers or {})
+        if self._takeovers:
+            settings = replace(settings, alpn_takeover=self._take_over)
         self.settings = settings
         self.max_connections = max_connections
-        self.connections: set[H1Connection] = set()
+        self.connections: set[FrontConnection] = set()
         self.ports: list[IListeningPort] = []
         self._accepting = True
 
     def buildProtocol(self, addr: Any) -> H1Connection:
         connection = H1Connection(self.settings, self._closed)
+        self._opened(connection)
+        return connection
+
+    def _take_over(self, negotiated: bytes, connection: H1Connection) -> H2Connection:
+        # The HTTP/1.1 connection has left the count already (its on_close ran).
+        successor = self._takeovers[negotiated](self._closed)  # ALPN offers nothing else
+        self._opened(successor)
+        return successor
+
+    def _opened(self, connection: FrontConnection) -> None:
         self.connections.add(connection)
         if len(self.connections) >= self.max_connections and self._accepting:
             self._accepting = False
@@ -47,9 +78,8 @@ class FrontFactory(Factory):
             )
             for port in self.ports:
                 port.stopReading()  # type: ignore[attr-defined]
-        return connection
 
-    def _closed(self, connection: H1Connection) -> None:
+    def _closed(self, connection: FrontConnection) -> None:
         self.connections.discard(connection)
         if not self._accepting and len(self.connections) < self.max_connections:
             self._accepting = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 from typing import Any, TextIO
 
 from twisted.application.service import Service
@@ -15,16 +16,18 @@ from tlsproxy.backend import BackendPool
 from tlsproxy.config import Config
 from tlsproxy.deadline import DeadlineSweeper
 from tlsproxy.http.h1 import FrontSettings
+from tlsproxy.http.h2 import H2Connection
 from tlsproxy.listen import (
     FrontFactory,
     ListenError,
+    Takeover,
     browse_url,
     listen_all,
     tls_factory,
     url_of,
 )
 from tlsproxy.tls.devca import trust_instructions
-from tlsproxy.tls.policy import server_connection_creator
+from tlsproxy.tls.policy import HTTP1_ALPN, HTTP2_ALPN, server_connection_creator
 
 log = Logger()
 
@@ -50,24 +53,31 @@ class ProxyService(Service):
         self._flush_log = LoopingCall(self._flush_access_log)
         self._flush_log.clock = reactor
         limits = config.limits
+        settings = FrontSettings(
+            pool=self.pool,
+            sweeper=DeadlineSweeper(clock=reactor),
+            trusted_proxies=config.trusted_proxies,
+            header_timeout=limits.header_timeout,
+            idle_timeout=limits.idle_timeout,
+            backend_timeout=limits.backend_timeout,
+            max_header_bytes=limits.max_header_bytes,
+            access_log=self.access_log,
+            tunnel_idle_timeout=config.tunnel_idle_timeout,
+        )
+        # ALPN offers h2 only when a protocol is there to take the connection over.
+        takeovers: dict[bytes, Takeover] = {}
+        if config.http2:
+            takeovers[b"h2"] = partial(H2Connection, settings)
+        self.alpn = HTTP2_ALPN if takeovers else HTTP1_ALPN
         self.front = FrontFactory(
-            FrontSettings(
-                pool=self.pool,
-                sweeper=DeadlineSweeper(clock=reactor),
-                trusted_proxies=config.trusted_proxies,
-                header_timeout=limits.header_timeout,
-                idle_timeout=limits.idle_timeout,
-                backend_timeout=limits.backend_timeout,
-                max_header_bytes=limits.max_header_bytes,
-                access_log=self.access_log,
-            ),
-            max_connections=limits.max_connections,
+            settings, max_connections=limits.max_connections, takeovers=takeovers
         )
         self.ports: list[Any] = []
 
     def privilegedStartService(self) -> None:
         # Bind before twistd drops privileges, so --port 443 works when started as root.
-        tls = tls_factory(server_connection_creator(self.config.certificate), self.front)
+        creator = server_connection_creator(self.config.certificate, alpn=self.alpn)
+        tls = tls_factory(creator, self.front)
         try:
             self.ports = listen_all(self._reactor, self.config.listeners, tls)
         except ListenError as e:
