@@ -184,6 +184,9 @@ class H1Connection(Protocol):
             return
         if self._closing:
             return
+        if self._upgrade_data is not None:  # the backend has not yet said whether it switches
+            self._upgrade_data += data
+            return
         self._read_size = len(data)
         try:
             self._parser.feed_data(data)
@@ -225,7 +228,11 @@ class H1Connection(Protocol):
 
     def resumeProducing(self) -> None:
         self.write_paused = False
-        self._progress()
+        if self._tunnel is not None:
+            self.deadline = NEVER
+            self._tunnel.activity()
+        else:
+            self._progress()
         if self._exchange is not None:
             self._exchange.resume_response()
 
@@ -323,7 +330,11 @@ class H1Connection(Protocol):
         lines = head.lines
         # A switch of protocols (websocket) is asked for with a bodiless HTTP/1.1 request; the
         # backend hears the same question. Anything else loses Upgrade like any hop-by-hop field.
-        upgrade = head.upgrade if not (has_body or self._http10) else None
+        if head.upgrade is not None and has_body:
+            # llhttp hands the body of such a request over as the new protocol's bytes, so
+            # forwarding it as a body, or parsing it as HTTP, would both be guesses. Refuse.
+            raise HeadRejected(400, "a request asking to switch protocols cannot carry a body")
+        upgrade = head.upgrade if not self._http10 else None
         if upgrade is not None and upgrade.strip().lower() == b"h2c":
             upgrade = None  # cleartext HTTP/2 means nothing over TLS (RFC 9113 §3.1): ignored
         if upgrade is not None:
@@ -509,6 +520,7 @@ class H1Connection(Protocol):
             # The backend did not switch protocols: what followed the request is HTTP again.
             pending, self._upgrade_data = self._upgrade_data, None
             self._phase = IDLE
+            self.deadline = self._sweeper.now + self._settings.idle_timeout
             self.release_reading("upgrade")
             if pending:
                 self.dataReceived(pending)
@@ -536,7 +548,7 @@ class H1Connection(Protocol):
             self.release_reading("pipeline")
 
     def _progress(self) -> None:
-        if self._exchange is not None:
+        if self._exchange is not None and self._tunnel is None:
             self.deadline = self._sweeper.now + self._settings.backend_timeout
 
     def _reject(self, status: int, reason: str) -> None:
