@@ -8,7 +8,11 @@ from typing import Any
 
 from twisted.internet import error as net_error
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -165,7 +169,7 @@ def browse_url(ports: Sequence[IListeningPort]) -> str | None:
 
 
 def listen_all(
-    reactor: Any, listeners: Sequence[Listener], factory: TLSMemoryBIOFactory
+    reactor: Any, listeners: Sequence[Listener], factory: IProtocolFactory
 ) -> list[IListeningPort]:
     """Open every listener now (before privileges are dropped); raise :class:`ListenError`."""
     ports = []

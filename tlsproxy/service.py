@@ -15,8 +15,10 @@ from tlsproxy.accesslog import AccessLog
 from tlsproxy.backend import BackendPool
 from tlsproxy.config import Config
 from tlsproxy.deadline import DeadlineSweeper
+from tlsproxy.frameworks import hint_lines
 from tlsproxy.http.h1 import FrontSettings
 from tlsproxy.http.h2 import H2Connection
+from tlsproxy.http.redirect import RedirectFactory
 from tlsproxy.listen import (
     FrontFactory,
     ListenError,
@@ -63,6 +65,7 @@ class ProxyService(Service):
             max_header_bytes=limits.max_header_bytes,
             access_log=self.access_log,
             tunnel_idle_timeout=config.tunnel_idle_timeout,
+            hsts=b"max-age=%d" % config.hsts_seconds if config.hsts_seconds else b"",
         )
         # ALPN offers h2 only when a protocol is there to take the connection over.
         takeovers: dict[bytes, Takeover] = {}
@@ -73,6 +76,7 @@ class ProxyService(Service):
             settings, max_connections=limits.max_connections, takeovers=takeovers
         )
         self.ports: list[Any] = []
+        self.redirect_ports: list[Any] = []
 
     def privilegedStartService(self) -> None:
         # Bind before twistd drops privileges, so --port 443 works when started as root.
@@ -80,6 +84,15 @@ class ProxyService(Service):
         tls = tls_factory(creator, self.front)
         try:
             self.ports = listen_all(self._reactor, self.config.listeners, tls)
+            if self.config.redirect_listeners:
+                redirect = RedirectFactory(
+                    https_port=self._https_port,
+                    clock=self._reactor,
+                    timeout=self.config.limits.header_timeout,
+                )
+                self.redirect_ports = listen_all(
+                    self._reactor, self.config.redirect_listeners, redirect
+                )
         except ListenError as e:
             # twistd has already redirected sys.stderr into its log; say it plainly.
             print(f"tlsproxy: error: {e}", file=sys.__stderr__)
@@ -97,7 +110,9 @@ class ProxyService(Service):
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
         self.pool.close_idle()
-        stopped = [defer.maybeDeferred(port.stopListening) for port in self.ports]
+        stopped = [
+            defer.maybeDeferred(port.stopListening) for port in self.ports + self.redirect_ports
+        ]
         for connection in list(self.front.connections):
             connection.close()
         if self._flush_log.running:
@@ -111,13 +126,26 @@ class ProxyService(Service):
         if self.access_log is not None:
             self.access_log.flush()
 
+    def _https_port(self) -> int:
+        for port in self.ports:
+            number = getattr(port.getHost(), "port", None)
+            if number is not None:
+                return int(number)
+        return 443
+
     def _banner(self) -> list[str]:
         config = self.config
         lines = [f"listening on {url_of(port)}" for port in self.ports]
+        lines += [
+            f"redirecting {url_of(port).replace('https://', 'http://')} to https"
+            for port in self.redirect_ports
+        ]
         url = browse_url(self.ports)
         if url is not None:
             lines.append(f"open {url}")
         lines.append(f"forwarding to the backend {config.backend.url}")
+        lines.append("tell the app it is behind HTTPS (docs/frameworks.md):")
+        lines += [f"  {hint}" for hint in hint_lines(self._https_port())]
         lines += config.certificate.describe()
         lines += [f"warning: {w}" for w in config.certificate.warnings]
         dev = config.dev_certificates

@@ -70,7 +70,7 @@ class FrontSettings:
     # that takes the connection over from HTTP/1.1. None: only HTTP/1.1 is offered.
     alpn_takeover: Callable[[bytes, H1Connection], IProtocol] | None = None
     tunnel_idle_timeout: float | None = None  # for upgraded connections; None: no limit
-    hsts_line: bytes = b""  # --hsts: a Strict-Transport-Security line for every response
+    hsts: bytes = b""  # --hsts: the Strict-Transport-Security value for every response
 
 
 _Held = list[tuple[Callable[..., None], tuple[Any, ...]]]
@@ -401,9 +401,10 @@ class H1Connection(Protocol):
             lines.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n\r\n" % (head.upgrade or b""))
             self._out.append(b"".join(lines))
             return
-        hsts = self._settings.hsts_line
+        hsts = self._settings.hsts
         if hsts and b"strict-transport-security:" not in head.lines.lower():
-            lines.append(hsts)  # the app's own policy, if it sets one, wins
+            # The app's own policy, if it sets one, wins.
+            lines.append(b"Strict-Transport-Security: " + hsts + b"\r\n")
         if head.content_length is not None and status != 204:
             lines.append(b"Content-Length: " + head.content_length + b"\r\n")
         elif not bodyless:

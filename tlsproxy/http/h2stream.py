@@ -300,6 +300,8 @@ class H2Stream:
         self._status = status
         fields = response_fields(status, head)
         settings = self._connection.settings
+        if settings.hsts and not any(n == b"strict-transport-security" for n, _ in fields):
+            fields.append((b"strict-transport-security", settings.hsts))
         self.deadline = settings.sweeper.now + settings.backend_timeout
         if bodyless:  # the end follows at once: one HEADERS frame with END_STREAM
             self._head_fields = fields

@@ -1274,3 +1274,467 @@ def test_error_statuses_are_logged_with_their_body_size() -> None:
     _, body = split_head(client.received())
     [line] = proxy.log_lines()
     assert f'"GET / HTTP/1.1" 502 {len(body)} "-" "-"' in line
+
+
+# --- upgrades (websockets and any other protocol switch) ------------------------------------
+
+WEBSOCKET_HEADERS = [
+    b"Connection: keep-alive, Upgrade",
+    b"Upgrade: websocket",
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    b"Sec-WebSocket-Version: 13",
+    b"Sec-WebSocket-Protocol: chat, superchat",
+    b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits",
+    b"Origin: https://example.com",
+]
+WEBSOCKET_REQUEST = request(b"/ws", headers=WEBSOCKET_HEADERS)
+SWITCHED = (
+    b"HTTP/1.1 101 Switching Protocols\r\n"
+    b"Upgrade: websocket\r\n"
+    b"Connection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
+    b"Sec-WebSocket-Protocol: chat\r\n"
+    b"\r\n"
+)
+CLIENT_FRAME = b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58"  # masked text "Hello"
+BACKEND_FRAME = b"\x81\x05Hello"  # unmasked text "Hello"
+
+
+def tunnel_idle(seconds: float) -> Proxy:
+    """A proxy whose upgraded connections close after ``seconds`` of silence."""
+    from dataclasses import replace
+
+    proxy = Proxy()
+    proxy.settings = replace(proxy.settings, tunnel_idle_timeout=seconds)
+    return proxy
+
+
+def tunnel(proxy: Proxy, *, client_extra: bytes = b"") -> tuple[Client, Backend]:
+    """A websocket through ``proxy``: the 101 has been passed on and read by the client."""
+    client = proxy.connect()
+    backend, _ = forwarded(proxy, client, WEBSOCKET_REQUEST + client_extra)
+    backend.send(SWITCHED)
+    assert status_line(client.received()) == b"HTTP/1.1 101 Switching Protocols"
+    return client, backend
+
+
+def test_upgrade_request_reaches_the_backend_asking_the_same(proxy: Proxy) -> None:
+    """A websocket request reaches the backend with ``Connection: Upgrade`` and ``Upgrade:
+    websocket``, and its Sec-WebSocket-* and Origin headers unchanged and in order."""
+    client = proxy.connect()
+    _, sent = forwarded(proxy, client, WEBSOCKET_REQUEST)
+    assert status_line(sent) == b"GET /ws HTTP/1.1"
+    assert header_values(sent, b"Connection") == [b"Upgrade"]
+    assert header_values(sent, b"Upgrade") == [b"websocket"]
+    lines, body = split_head(sent)
+    passed = [line for line in lines if line.startswith((b"Sec-WebSocket-", b"Origin:"))]
+    assert passed == WEBSOCKET_HEADERS[2:]
+    assert header_values(sent, b"Content-Length") == []
+    assert header_values(sent, b"X-Forwarded-Proto") == [b"https"]
+    assert body == b""
+
+
+def test_any_upgrade_token_is_passed_on(proxy: Proxy) -> None:
+    """An Upgrade other than websocket is asked of the backend just the same."""
+    client = proxy.connect()
+    _, sent = forwarded(
+        proxy, client, request(headers=[b"Connection: upgrade", b"Upgrade: example/1, tls/1.3"])
+    )
+    assert header_values(sent, b"Upgrade") == [b"example/1, tls/1.3"]
+    assert header_values(sent, b"Connection") == [b"Upgrade"]
+
+
+def test_101_reaches_the_client_saying_what_the_connection_becomes(proxy: Proxy) -> None:
+    """The client gets the backend's 101 with ``Connection: Upgrade``, the backend's Upgrade
+    and Sec-WebSocket-* headers, and no body framing."""
+    client = proxy.connect()
+    backend, _ = forwarded(proxy, client, WEBSOCKET_REQUEST)
+    backend.send(SWITCHED)
+    got = client.received()
+    lines, rest = split_head(got)
+    assert lines[0] == b"HTTP/1.1 101 Switching Protocols"
+    assert header_values(got, b"Connection") == [b"Upgrade"]
+    assert header_values(got, b"Upgrade") == [b"websocket"]
+    assert header_values(got, b"Sec-WebSocket-Accept") == [b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="]
+    assert header_values(got, b"Sec-WebSocket-Protocol") == [b"chat"]
+    assert header_values(got, b"Content-Length") == []
+    assert header_values(got, b"Transfer-Encoding") == []
+    assert rest == b""
+
+
+def test_101_without_connection_upgrade_still_switches(proxy: Proxy) -> None:
+    """A backend 101 that names Upgrade but forgets ``Connection: upgrade`` still switches, and
+    the client is told ``Connection: Upgrade`` all the same."""
+    client = proxy.connect()
+    backend, _ = forwarded(proxy, client, WEBSOCKET_REQUEST)
+    backend.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n" + BACKEND_FRAME)
+    got = client.received()
+    assert header_values(got, b"Connection") == [b"Upgrade"]
+    assert split_head(got)[1] == BACKEND_FRAME
+    client.send(CLIENT_FRAME)
+    assert backend.received() == CLIENT_FRAME
+
+
+def test_after_101_bytes_pass_both_ways_untouched(proxy: Proxy) -> None:
+    """After the switch, each read from either side reaches the other byte for byte, in order,
+    however much it looks like HTTP."""
+    client, backend = tunnel(proxy)
+    client.send(CLIENT_FRAME)
+    assert backend.received() == CLIENT_FRAME
+    backend.send(BACKEND_FRAME)
+    assert client.received() == BACKEND_FRAME
+    client.send(b"GET / HTTP/1.1\r\n\r\n")
+    client.send(b"\x00\xff" * 1000)
+    assert backend.received() == b"GET / HTTP/1.1\r\n\r\n" + b"\x00\xff" * 1000
+    backend.send(b"HTTP/1.1 200 OK\r\n\r\n")
+    backend.send(b"\r\n0\r\n")
+    assert client.received() == b"HTTP/1.1 200 OK\r\n\r\n\r\n0\r\n"
+    assert proxy.pending_connects == 0
+
+
+def test_backend_bytes_in_the_same_read_as_the_101_follow_it(proxy: Proxy) -> None:
+    """Frames the backend sent in the same read as its 101 reach the client right after the
+    101 head, not lost and not parsed as HTTP."""
+    client = proxy.connect()
+    backend, _ = forwarded(proxy, client, WEBSOCKET_REQUEST)
+    backend.send(SWITCHED + BACKEND_FRAME + b"HTTP/1.1 200 OK\r\n\r\n")
+    _, rest = split_head(client.received())
+    assert rest == BACKEND_FRAME + b"HTTP/1.1 200 OK\r\n\r\n"
+
+
+def test_client_bytes_right_after_its_request_wait_for_the_switch(proxy: Proxy) -> None:
+    """Bytes the client sent right behind its upgrade request are neither parsed as HTTP nor
+    sent before the backend agreed; after the 101 they reach the backend first."""
+    client = proxy.connect()
+    backend, sent = forwarded(proxy, client, WEBSOCKET_REQUEST + CLIENT_FRAME)
+    assert split_head(sent)[1] == b""
+    backend.send(SWITCHED)
+    assert backend.received() == CLIENT_FRAME
+    got = client.received()
+    assert status_line(got) == b"HTTP/1.1 101 Switching Protocols"
+    assert got.count(b"HTTP/1.1 ") == 1  # no error page for the frame
+    client.send(b"next")
+    assert backend.received() == b"next"
+
+
+def test_client_bytes_in_a_later_read_before_the_101_reach_the_backend(proxy: Proxy) -> None:
+    """Bytes the client sent after its upgrade request but in a read of their own (TLS hands
+    over every record of a TCP read, even after reading was paused) reach the backend after the
+    101, and the tunnel then reads the client again."""
+    client = proxy.connect()
+    backend, _ = forwarded(proxy, client, WEBSOCKET_REQUEST)
+    client.send(CLIENT_FRAME)
+    assert backend.received() == b""
+    backend.send(SWITCHED)
+    assert status_line(client.received()) == b"HTTP/1.1 101 Switching Protocols"
+    assert backend.received() == CLIENT_FRAME
+    assert not client.reading_paused
+
+
+def test_client_is_not_read_until_the_backend_answers_the_upgrade(proxy: Proxy) -> None:
+    """While the backend has not answered an upgrade request the client is not read (what it
+    sends next is not HTTP); after the 101 it is read again."""
+    client = proxy.connect()
+    backend, _ = forwarded(proxy, client, WEBSOCKET_REQUEST)
+    assert client.reading_paused
+    backend.send(SWITCHED)
+    assert not client.reading_paused
+
+
+def test_client_not_reading_the_tunnel_pauses_the_backend(proxy: Proxy) -> None:
+    """In the tunnel, when the client's transport pauses us the backend is not read; resuming
+    the client resumes the backend."""
+    client, backend = tunnel(proxy)
+    client.protocol.pauseProducing()
+    assert backend.reading_paused
+    client.protocol.resumeProducing()
+    assert not backend.reading_paused
+
+
+def test_backend_not_reading_the_tunnel_pauses_the_client(proxy: Proxy) -> None:
+    """In the tunnel, when the backend's transport pauses us the client is not read; resuming
+    the backend resumes the client."""
+    client, backend = tunnel(proxy)
+    backend.connection.pauseProducing()
+    assert client.reading_paused
+    backend.connection.resumeProducing()
+    assert not client.reading_paused
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        response(b"400 Bad Request", body=b"not a websocket endpoint"),
+        response(b"200 OK", body=b"plain page"),
+        response(b"403 Forbidden", headers=[b"Transfer-Encoding: chunked"], content_length=False)
+        + b"4\r\nnope\r\n0\r\n\r\n",
+    ],
+    ids=["400", "200", "403-chunked"],
+)
+def test_refused_upgrade_is_answered_and_the_connection_stays_http(
+    proxy: Proxy, answer: bytes
+) -> None:
+    """A backend that answers an upgrade request with anything but 101 has that response passed
+    on, and the same client connection then carries an ordinary request to the backend."""
+    client = proxy.connect()
+    backend, _ = forwarded(proxy, client, WEBSOCKET_REQUEST)
+    backend.send(answer)
+    got = client.received()
+    expected_status = answer.split(b"\r\n", 1)[0]
+    assert status_line(got) == expected_status
+    assert header_values(got, b"Upgrade") == []
+    assert not client.closing
+    assert not client.reading_paused
+    client.send(request(b"/next"))
+    assert status_line(backend.received()) == b"GET /next HTTP/1.1"
+    backend.send(response(body=b"next page"))
+    assert client.received().endswith(b"\r\n\r\nnext page")
+    assert proxy.pending_connects == 0
+
+
+def test_request_sent_behind_a_refused_upgrade_is_served_as_http(proxy: Proxy) -> None:
+    """A request the client sent in the same read right behind a refused upgrade request is
+    parsed as HTTP once the refusal has gone out, and answered on the same connection."""
+    client = proxy.connect()
+    backend, _ = forwarded(proxy, client, WEBSOCKET_REQUEST + request(b"/after"))
+    backend.send(response(b"426 Upgrade Required", body=b"no"))
+    assert status_line(backend.received()) == b"GET /after HTTP/1.1"
+    backend.send(response(body=b"after"))
+    got = client.received()
+    assert got.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
+    assert got.endswith(b"\r\n\r\nafter")
+    assert got.count(b"HTTP/1.1 ") == 2
+
+
+def test_connection_after_a_refused_upgrade_idles_for_idle_timeout(proxy: Proxy) -> None:
+    """After a refused upgrade the connection is an ordinary idle keep-alive connection: kept
+    for --idle-timeout (not --backend-timeout), then closed cleanly."""
+    client = proxy.connect()
+    backend, _ = forwarded(proxy, client, WEBSOCKET_REQUEST)
+    backend.send(response(b"403 Forbidden", body=b"no"))
+    client.received()
+    proxy.clock.advance(IDLE_TIMEOUT - 1)
+    assert not client.closing
+    proxy.clock.advance(1.5)
+    assert client.transport.disconnecting
+    assert not client.aborted
+
+
+def test_101_without_upgrade_header_gets_502(proxy: Proxy) -> None:
+    """A 101 that does not say what it switches to is not passed on: the client gets 502."""
+    client = proxy.connect()
+    backend, _ = forwarded(proxy, client, WEBSOCKET_REQUEST)
+    backend.send(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n\r\n")
+    got = client.received()
+    assert status_line(got) == b"HTTP/1.1 502 Bad Gateway"
+    assert b"101" not in got.split(b"\r\n", 1)[0]
+    assert backend.aborted
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_upgrade_request_with_a_body_gets_400_and_its_body_is_never_a_request(
+    proxy: Proxy, chunked: bool
+) -> None:
+    """An upgrade request with a body is refused with 400 and close: nothing reaches the
+    backend, and its body is not read as a request of its own (which would smuggle it past
+    the checks)."""
+    smuggled = request(b"/admin", host=b"internal")
+    if chunked:
+        framing = b"Transfer-Encoding: chunked"
+        body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(smuggled), smuggled)
+    else:
+        framing = b"Content-Length: %d" % len(smuggled)
+        body = smuggled
+    client = proxy.connect()
+    client.send(
+        request(
+            b"/form",
+            method=b"POST",
+            headers=[b"Connection: Upgrade", b"Upgrade: websocket", framing],
+            body=body,
+        )
+    )
+    got = client.received()
+    assert status_line(got) == b"HTTP/1.1 400 Bad Request"
+    assert header_values(got, b"Connection") == [b"close"]
+    assert got.count(b"HTTP/1.1 ") == 1
+    assert client.closing
+    assert proxy.connects == []
+
+
+def test_http10_upgrade_request_is_forwarded_without_upgrade(proxy: Proxy) -> None:
+    """HTTP/1.0 has no protocol switching: its Upgrade header is dropped, and a 101 to it is
+    refused with 502."""
+    client = proxy.connect()
+    backend, sent = forwarded(
+        proxy, client, request(headers=WEBSOCKET_HEADERS, version=b"HTTP/1.0")
+    )
+    assert header_values(sent, b"Upgrade") == []
+    assert header_values(sent, b"Connection") == []
+    backend.send(SWITCHED)
+    got = client.received()
+    assert b" 502 " in got.split(b"\r\n", 1)[0]
+    assert header_values(got, b"Upgrade") == []
+
+
+def test_h2c_upgrade_is_not_forwarded(proxy: Proxy) -> None:
+    """``Upgrade: h2c`` (cleartext HTTP/2) means nothing over TLS: the backend gets a plain
+    request without Upgrade or HTTP2-Settings, and the connection stays HTTP/1.1."""
+    client = proxy.connect()
+    backend, sent = forwarded(
+        proxy,
+        client,
+        request(
+            headers=[
+                b"Connection: Upgrade, HTTP2-Settings",
+                b"Upgrade: h2c",
+                b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA",
+            ]
+        ),
+    )
+    assert header_values(sent, b"Upgrade") == []
+    assert header_values(sent, b"Connection") == []
+    assert header_values(sent, b"HTTP2-Settings") == []
+    backend.send(response(body=b"h1"))
+    assert client.received().endswith(b"\r\n\r\nh1")
+    client.send(request(b"/next"))
+    assert status_line(backend.received()) == b"GET /next HTTP/1.1"
+
+
+def test_client_leaving_the_tunnel_closes_the_backend_cleanly(proxy: Proxy) -> None:
+    """A client that goes away mid-tunnel has the backend connection closed (FIN after what was
+    already written, not a reset), and that connection is never pooled."""
+    client, backend = tunnel(proxy)
+    client.send(CLIENT_FRAME)
+    client.leave()
+    assert backend.received() == CLIENT_FRAME
+    assert backend.closing
+    assert not backend.aborted
+    proxy.clock.advance(0)
+    assert backend.transport.lost is not None
+    proxy.connect().send(request(b"/next"))
+    assert proxy.pending_connects == 1
+
+
+def test_backend_closing_the_tunnel_closes_the_client_with_close_notify(proxy: Proxy) -> None:
+    """A backend that closes mid-tunnel has its last bytes delivered, then the client's
+    connection closed with TLS close_notify (clean), not reset."""
+    client, backend = tunnel(proxy)
+    backend.send(b"\x88\x02\x03\xe8")  # a websocket close frame, code 1000
+    backend.close()
+    assert client.received() == b"\x88\x02\x03\xe8"
+    assert client.transport.disconnecting
+    assert not client.reset
+    assert not client.aborted
+
+
+def test_backend_dying_in_the_tunnel_closes_the_client(proxy: Proxy) -> None:
+    """A backend connection reset mid-tunnel ends the client's connection too."""
+    client, backend = tunnel(proxy)
+    backend.die()
+    assert client.closing
+    proxy.clock.advance(0)
+    assert client.transport.lost is not None
+
+
+def test_backend_half_close_closes_the_client_but_still_forwards_its_bytes(proxy: Proxy) -> None:
+    """A backend that stops sending (TCP half-close) gets the client's side closed with
+    close_notify, while what the client still sends reaches the backend until the client ends,
+    which then closes the backend."""
+    client, backend = tunnel(proxy)
+    backend.send(b"last from backend")
+    backend.connection.readConnectionLost()
+    assert client.received() == b"last from backend"
+    assert client.transport.disconnecting
+    assert not client.reset
+    assert not backend.closing
+    client.send(b"still from client")
+    assert backend.received() == b"still from client"
+    proxy.clock.advance(0)
+    client.leave()
+    assert backend.closing
+    assert not backend.aborted
+
+
+def test_silent_tunnel_is_closed_after_tunnel_idle_timeout() -> None:
+    """With --tunnel-idle-timeout, a tunnel silent both ways that long is closed on both sides:
+    the client with close_notify, the backend with FIN."""
+    proxy = tunnel_idle(5.0)
+    client, backend = tunnel(proxy)
+    proxy.clock.advance(4)
+    assert not client.closing
+    proxy.clock.advance(1.5)
+    assert client.transport.disconnecting
+    assert not client.reset
+    assert backend.closing
+    assert not backend.aborted
+
+
+@pytest.mark.parametrize("side", ["client", "backend"])
+def test_traffic_either_way_postpones_tunnel_idle_timeout(side: str) -> None:
+    """Each chunk, from the client or from the backend, starts the tunnel's idle time over."""
+    proxy = tunnel_idle(5.0)
+    client, backend = tunnel(proxy)
+    for _ in range(4):
+        proxy.clock.advance(4)
+        if side == "client":
+            client.send(CLIENT_FRAME)
+        else:
+            backend.send(BACKEND_FRAME)
+    assert not client.closing
+    proxy.clock.advance(4)
+    assert not client.closing
+    proxy.clock.advance(1.5)
+    assert client.closing
+    assert backend.closing
+
+
+def test_tunnel_without_idle_timeout_outlives_every_other_timeout(proxy: Proxy) -> None:
+    """Without --tunnel-idle-timeout (the default) a silent tunnel is never closed: neither
+    --idle-timeout nor --backend-timeout applies to it."""
+    client, backend = tunnel(proxy)
+    proxy.clock.advance(IDLE_TIMEOUT + BACKEND_TIMEOUT + HEADER_TIMEOUT)
+    proxy.clock.advance(24 * 3600)
+    assert not client.closing
+    assert not backend.closing
+
+
+def test_back_pressure_in_the_tunnel_does_not_start_a_timeout(proxy: Proxy) -> None:
+    """A tunnel whose client once paused and resumed reading is, once silent, still kept open
+    without --tunnel-idle-timeout: back-pressure does not arm --backend-timeout on it."""
+    client, backend = tunnel(proxy)
+    backend.send(BACKEND_FRAME)
+    client.protocol.pauseProducing()
+    client.protocol.resumeProducing()
+    proxy.clock.advance(BACKEND_TIMEOUT + 1)
+    proxy.clock.advance(IDLE_TIMEOUT + 1)
+    assert not client.closing
+    assert not backend.closing
+
+
+def test_client_not_reading_the_tunnel_is_dropped_after_idle_timeout(proxy: Proxy) -> None:
+    """A client that stops reading the tunnel altogether is aborted after --idle-timeout, like
+    one that stops reading a response, and the backend is closed."""
+    client, backend = tunnel(proxy)
+    client.protocol.pauseProducing()
+    proxy.clock.advance(IDLE_TIMEOUT + 1)
+    assert client.aborted
+    proxy.clock.advance(0)
+    assert backend.closing
+
+
+def test_switched_request_is_logged_as_101() -> None:
+    """The access log records the upgrade request with status 101 when the tunnel opens."""
+    proxy = Proxy(log_access=True)
+    client = proxy.connect()
+    backend, _ = forwarded(
+        proxy, client, request(b"/ws", headers=[*WEBSOCKET_HEADERS, b"User-Agent: ws/1"])
+    )
+    backend.send(SWITCHED)
+    [line] = proxy.log_lines()
+    assert line.endswith('"GET /ws HTTP/1.1" 101 - "-" "ws/1"')  # no body: size "-"
+    client.send(CLIENT_FRAME)
+    backend.send(BACKEND_FRAME)
+    client.leave()
+    proxy.clock.advance(0)
+    assert len(proxy.log_lines()) == 1
