@@ -8,8 +8,10 @@ and it counts ``session_reused`` to prove that no handshake was abbreviated.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import multiprocessing
+import os
 import re
 import socket
 import ssl
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.process import rss_kib
+from bench.wsecho import accept_value, apply_mask, frame_header
 
 _WRK_SCRIPT = """
 {setup}
@@ -318,3 +321,144 @@ def finish_curl(
         return Transfer(direction, 0, 0.0, 0, False, f"curl said {out!r} {err.strip()!r}")
     ok = proc.returncode == 0 and status == 200 and nbytes == expected
     return Transfer(direction, nbytes, seconds, status, ok, err.strip())
+
+
+def ws_connect(port: int, *, tls: bool = True, timeout: float = 10) -> socket.socket:
+    """Open a websocket (HTTP/1.1 upgrade, no extensions) on ``/ws``; check the 101's accept."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock: socket.socket = client_context().wrap_socket(raw) if tls else raw
+    try:
+        key = base64.b64encode(os.urandom(16))
+        sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key
+            + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )  # fmt: skip
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionError(f"closed before the upgrade answer: {buf[:80]!r}")
+            buf += chunk
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        if lines[0].split()[1:2] != [b"101"]:
+            raise ConnectionError(f"upgrade refused: {lines[0]!r}")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(b":") for x in lines)}
+        if headers.get(b"sec-websocket-accept") != accept_value(key):
+            raise ConnectionError(f"wrong Sec-WebSocket-Accept in {head!r}")
+        if rest:
+            raise ConnectionError(f"{len(rest)} unexpected bytes after the 101")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _ws_close(sock: socket.socket) -> None:
+    """Send a masked close frame (1000) and wait for the echoed close frame."""
+    mask = os.urandom(4)
+    code = (1000).to_bytes(2, "big")
+    sock.sendall(frame_header(0x88, 2, mask) + apply_mask(code, mask))
+    expected = frame_header(0x88, 2) + code
+    got = b""
+    while len(got) < len(expected):
+        chunk = sock.recv(64)
+        if not chunk:
+            break
+        got += chunk
+    if got != expected:
+        raise ConnectionError(f"close answered with {got!r}")
+
+
+def _ws_echo_worker(
+    port: int, message_bytes: int, in_flight: int, seconds: float, tls: bool
+) -> tuple[int, float, int, str]:
+    """One websocket keeping ``in_flight`` binary messages echoing until time is up.
+
+    Returns (messages echoed before the deadline, seconds, errors, note). Every message is its
+    own ``sendall`` (its own TLS record); a new one is sent as soon as an echo completes. After
+    the deadline the messages still in flight are drained, the total byte count must be exact,
+    the first echo must equal the message sent, and a close frame must be echoed.
+    """
+    try:
+        sock = ws_connect(port, tls=tls)
+    except (OSError, ValueError, IndexError) as e:
+        return 0, 0.0, 1, f"connect: {e}"
+    payload = os.urandom(message_bytes)
+    mask = os.urandom(4)
+    frame = frame_header(0x82, message_bytes, mask) + apply_mask(payload, mask)
+    echo = frame_header(0x82, message_bytes) + payload
+    size = len(echo)
+    buf = bytearray(max(4 * size, 256 * 1024))
+    view = memoryview(buf)
+    first = bytearray()
+    received = 0
+    counted: tuple[int, float] | None = None
+    with sock:
+        try:
+            start = time.monotonic()
+            deadline = start + seconds
+            for _ in range(in_flight):
+                sock.sendall(frame)
+            sent = in_flight
+            while True:
+                n = sock.recv_into(buf)
+                if not n:
+                    raise ConnectionError(f"closed after {received} of {sent * size} bytes")
+                if len(first) < size:
+                    first += view[: min(n, size - len(first))]
+                    if len(first) == size and first != echo:
+                        raise ValueError("the first echo differs from the message sent")
+                received += n
+                if received > sent * size:
+                    raise ValueError(f"{received} bytes echoed for {sent * size} sent")
+                done, extra = divmod(received, size)
+                if counted is None:
+                    now = time.monotonic()
+                    if now < deadline:
+                        for _ in range(done + in_flight - sent):
+                            sock.sendall(frame)
+                        sent = done + in_flight
+                        continue
+                    counted = (done, now - start)
+                if done == sent and not extra:
+                    break
+            _ws_close(sock)
+        except (OSError, ValueError) as e:
+            got = counted or (received // size, time.monotonic() - start)
+            return got[0], got[1], 1, f"{type(e).__name__}: {e}"
+    assert counted is not None
+    return counted[0], counted[1], 0, ""
+
+
+def run_ws_echo(
+    port: int,
+    *,
+    connections: int,
+    in_flight: int,
+    message_bytes: int,
+    duration: float,
+    tls: bool = True,
+) -> LoadResult:
+    """``connections`` forked websocket clients (on the bench's CPU), ``in_flight`` each.
+
+    ``requests`` is the number of messages echoed, ``bytes_read`` their payload bytes (each
+    also crossed the proxy the other way, so the proxy carried twice that).
+    """
+    mp = multiprocessing.get_context("fork")
+    with mp.Pool(connections) as pool:
+        results = pool.starmap(
+            _ws_echo_worker, [(port, message_bytes, in_flight, duration, tls)] * connections
+        )
+    messages = sum(r[0] for r in results)
+    # Each client counts its own window (from its first send to the deadline): add the rates.
+    rate = sum(r[0] / r[1] for r in results if r[1] > 0)
+    seconds = messages / rate if rate else 0.0
+    return LoadResult(
+        requests=messages, bytes_read=messages * message_bytes,
+        bytes_sent_body=messages * message_bytes, seconds=seconds,
+        errors=sum(r[2] for r in results),
+        note="; ".join(sorted({r[3] for r in results if r[3]})),
+    )  # fmt: skip

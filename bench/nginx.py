@@ -103,10 +103,20 @@ def proxy_conf(fx: Fixtures, *, name: str, port: int, backend_port: int, modules
     HTTP/1.1 to the backend over pooled connections, forwarded headers added. Session
     resumption stays at nginx's default (tickets on), as in tlsproxy; the handshake scenario's
     client never offers a session, so every connection there is a full handshake.
+
+    Upgrades (websockets) are forwarded as tlsproxy forwards them: ``Upgrade`` passed on and
+    ``Connection: upgrade`` when the client asked for one. Without an ``Upgrade`` header the map
+    gives ``Connection: ""`` (no header), as before, so pooled upstream connections stay
+    keep-alive for ordinary requests. The ws scenarios run a second copy of this configuration
+    whose ``backend_port`` is the websocket echo server.
     """
     return (
         _common(fx.root, name, modules, lua=False)
-        + f"""    upstream backend {{
+        + f"""    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        ''      '';
+    }}
+    upstream backend {{
         server 127.0.0.1:{backend_port};
         keepalive 128;
         keepalive_requests 100000000;
@@ -120,7 +130,8 @@ def proxy_conf(fx: Fixtures, *, name: str, port: int, backend_port: int, modules
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
             proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;

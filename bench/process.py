@@ -48,6 +48,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def cpu_busy_seconds(cpu: int) -> float:
+    """Seconds CPU ``cpu`` spent on anything but idle and iowait, from /proc/stat."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            ticks = [int(v) for v in line.split()[1:]]
+            return (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLOCK_TICKS
+    raise RuntimeError(f"no cpu{cpu} in /proc/stat")
+
+
 @dataclass
 class Service:
     """One running server: its argv, log, port, and which pid does the work."""

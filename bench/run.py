@@ -8,8 +8,9 @@ Usage (as root, from the repository root, with the project's venv):
     /work/venv/bin/python bench/run.py --candidate nginx # harness check: nginx vs nginx
 
 Both proxies run pinned to CPU 1; this process, its clients (wrk, curl, Python) and the
-backend nginx are pinned to CPU 0. Each scenario alternates nginx, candidate, nginx, ... for
---rounds rounds and keeps the median. See docs/benchmarks.md.
+backends (nginx; the websocket echo server of the ws scenarios) are pinned to CPU 0. Each
+scenario alternates nginx, candidate, nginx, ... for --rounds rounds and keeps the median.
+See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ if __package__ in (None, ""):
     # Run as `python bench/run.py`: make the repository root importable for `bench.*`.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import fixtures, loads, nginx
+from bench import fixtures, loads, nginx, wsecho
 from bench.fixtures import GIB, MIB
 from bench.process import Service, free_port
 from bench.scenarios import SCENARIOS, Sample, Scenario, Settings
@@ -130,50 +131,77 @@ def pin_and_raise_limits() -> None:
 
 
 class Bench:
-    """The run's services: backend, reference nginx proxy and the candidate proxy."""
+    """The run's services: backends, reference nginx proxies and the candidate proxies.
+
+    Proxies come in pairs (reference, candidate), one pair per backend: "http" in front of the
+    backend nginx, and, when a ws scenario is selected, "ws" in front of the websocket echo
+    server (tlsproxy has one --backend, so that pair is a second nginx and a second tlsproxy,
+    with the same configuration and command line as the first but another backend port).
+    """
 
     def __init__(self, args: argparse.Namespace, tools: Tools, fx: fixtures.Fixtures) -> None:
         self.args, self.tools, self.fx = args, tools, fx
         self.backend = self._nginx("backend", lambda port: nginx.backend_conf(
             fx, port=port, modules=tools.nginx_modules))  # fmt: skip
-        self.reference = self._nginx("nginx", self._proxy_conf("nginx"))
-        if args.candidate == "nginx":
-            self.candidate = self._nginx("candidate", self._proxy_conf("candidate"))
-        else:
+        self.backends = [self.backend]
+        self.pairs = {"http": self._pair("", self.backend)}
+        if any(SCENARIOS[name].backend == "ws" for name in args.scenario):
             port = free_port()
-            self.candidate = Service(
-                name="tlsproxy",
-                argv=[
-                    args.python, "-c", TLSPROXY_BOOT, "-n", "--pidfile=", "tlsproxy",
-                    "--backend", f"http://127.0.0.1:{self.backend.port}",
-                    "--listen", f"tcp:{port}:interface=127.0.0.1",
-                    "--cert", str(fx.cert), "--key", str(fx.key),
-                ],
-                port=port, log=fx.root / "tlsproxy.log", cwd=fx.root, worker_is_child=False,
+            ws_backend = Service(
+                name="wsecho", argv=[sys.executable, str(REPO / "bench" / "wsecho.py"), str(port)],
+                port=port, log=fx.root / "wsecho.log", cwd=fx.root, worker_is_child=False,
             )  # fmt: skip
+            self.backends.append(ws_backend)
+            self.pairs["ws"] = self._pair("-ws", ws_backend)
+        self.reference, self.candidate = self.pairs["http"]
 
-    def _proxy_conf(self, name: str) -> Any:
+    def _pair(self, suffix: str, backend: Service) -> tuple[Service, Service]:
+        reference = self._nginx(f"nginx{suffix}", self._proxy_conf(f"nginx{suffix}", backend),
+                                label="nginx")  # fmt: skip
+        if self.args.candidate == "nginx":
+            return reference, self._nginx(
+                f"candidate{suffix}", self._proxy_conf(f"candidate{suffix}", backend),
+                label="candidate",
+            )  # fmt: skip
+        port, fx = free_port(), self.fx
+        return reference, Service(
+            name="tlsproxy",
+            argv=[
+                self.args.python, "-c", TLSPROXY_BOOT, "-n", "--pidfile=", "tlsproxy",
+                "--backend", f"http://127.0.0.1:{backend.port}",
+                "--listen", f"tcp:{port}:interface=127.0.0.1",
+                "--cert", str(fx.cert), "--key", str(fx.key),
+            ],
+            port=port, log=fx.root / f"tlsproxy{suffix}.log", cwd=fx.root,
+            worker_is_child=False,
+        )  # fmt: skip
+
+    def _proxy_conf(self, name: str, backend: Service) -> Any:
         return lambda port: nginx.proxy_conf(
-            self.fx, name=name, port=port, backend_port=self.backend.port,
+            self.fx, name=name, port=port, backend_port=backend.port,
             modules=self.tools.nginx_modules,
         )  # fmt: skip
 
-    def _nginx(self, name: str, conf: Any) -> Service:
+    def _nginx(self, name: str, conf: Any, *, label: str | None = None) -> Service:
+        """An nginx whose files are named ``name``; ``label`` names it in the table."""
         port = free_port()
         path = self.fx.root / f"{name}.conf"
         path.write_text(conf(port))
         return Service(
-            name=name, argv=[self.tools.nginx, "-c", str(path), "-p", str(self.fx.root)],
+            name=label or name,
+            argv=[self.tools.nginx, "-c", str(path), "-p", str(self.fx.root)],
             port=port, log=self.fx.root / f"{name}.log", cwd=self.fx.root, worker_is_child=True,
         )  # fmt: skip
 
     @property
     def proxies(self) -> list[Service]:
-        return [self.reference, self.candidate]
+        return [proxy for pair in self.pairs.values() for proxy in pair]
 
     def start_backend(self) -> None:
-        self.backend.start(taskset=self.tools.taskset, cpu=LOAD_CPU)
-        self.backend.wait_ready(30)
+        for backend in self.backends:
+            backend.start(taskset=self.tools.taskset, cpu=LOAD_CPU)
+        for backend in self.backends:
+            backend.wait_ready(30)
 
     def start_proxies(self) -> None:
         for proxy in self.proxies:
@@ -190,7 +218,7 @@ class Bench:
         self.start_proxies()
 
     def stop(self) -> None:
-        for service in (*self.proxies, self.backend):
+        for service in (*self.proxies, *self.backends):
             service.stop()
 
 
@@ -215,6 +243,17 @@ def check_proxy(proxy: Service) -> str:
     return tls_parameters(proxy)
 
 
+def check_ws(proxy: Service) -> str:
+    """Prove the websocket path works: upgrade, 64 KiB and 64 B echoes checked, close."""
+    for size in (64 * 1024, 64):
+        got = loads.run_ws_echo(proxy.port, connections=1, in_flight=2, message_bytes=size,
+                                duration=0.2)  # fmt: skip
+        if got.errors or not got.requests:
+            raise RuntimeError(f"{proxy.name} (ws): websocket echo of {size} B failed: "
+                               f"{got.note or 'no message echoed'}")  # fmt: skip
+    return tls_parameters(proxy)
+
+
 def tls_parameters(proxy: Service) -> str:
     """What a default client negotiates with this proxy, as openssl s_client reports it."""
     done = subprocess.run(
@@ -231,17 +270,25 @@ def run_scenario(bench: Bench, scenario: Scenario, settings: Settings, rounds: i
     """Alternate nginx and the candidate for ``rounds`` rounds; keep the median."""
     if scenario.fresh:
         bench.restart_proxies()
-    per: dict[str, list[Sample]] = {p.name: [] for p in bench.proxies}
+    reference, candidate = bench.pairs[scenario.backend]
+    per: dict[str, list[Sample]] = {p.name: [] for p in (reference, candidate)}
     for r in range(rounds):
-        for proxy in bench.proxies:
+        for proxy in (reference, candidate):
             if not proxy.alive():
                 raise RuntimeError(f"{proxy.name} died; log {proxy.log}:\n{proxy.log_tail()}")
             sample = scenario.measure(settings, proxy)
             per[proxy.name].append(sample)
             cpu = f" cpu {sample.cpu:.0%}" if sample.cpu is not None else ""
             err = f" errors {sample.errors}" if sample.errors else ""
-            print(f"  {scenario.name:<11} round {r + 1}/{rounds} {proxy.name:<9}"
-                  f" {sample.value:>10.1f} {scenario.unit}{cpu}{err}", flush=True)  # fmt: skip
+            load = ""
+            if (busy := sample.detail.get("load_cpu_busy")) is not None:
+                backend = sample.detail.get("backend_cpu")
+                load = f" (cpu {LOAD_CPU} {busy:.0%}" + (
+                    f", backend {backend:.0%})" if backend is not None else ")"
+                )
+            print(f"  {scenario.name:<13} round {r + 1}/{rounds} {proxy.name:<9}"
+                  f" {sample.value:>10.1f} {scenario.unit}{cpu}{err}{load}",
+                  flush=True)  # fmt: skip
 
     def median(name: str) -> tuple[float, float | None]:
         samples = per[name]
@@ -249,20 +296,22 @@ def run_scenario(bench: Bench, scenario: Scenario, settings: Settings, rounds: i
         return (statistics.median(s.value for s in samples),
                 statistics.median(cpus) if cpus else None)  # fmt: skip
 
-    ref_value, ref_cpu = median(bench.reference.name)
-    cand_value, cand_cpu = median(bench.candidate.name)
+    ref_value, ref_cpu = median(reference.name)
+    cand_value, cand_cpu = median(candidate.name)
     ratio = cand_value / ref_value if ref_value else None
     per_cpu = None
     if scenario.higher_is_better and ref_cpu and cand_cpu:
         per_cpu = (cand_value / cand_cpu) / (ref_value / ref_cpu)
-    errors = sum(s.errors for s in per[bench.candidate.name])
+    errors = sum(s.errors for s in per[candidate.name])
     if scenario.kind == "ratio":
         target = f">= {scenario.target:.2f}x"
         ok = ratio is not None and ratio >= scenario.target
+    elif scenario.kind == "figure":
+        target, ok = "none yet", True
     else:
         target = f"<= {scenario.target:g} {scenario.unit}"
         ok = cand_value <= scenario.target
-    verdict = "PASS" if ok and not errors else "MISS"
+    verdict = ("-" if scenario.kind == "figure" else "PASS") if ok and not errors else "MISS"
     if errors:
         verdict += " (errors)"
     return Row(
@@ -314,6 +363,8 @@ def notes(rows: list[Row], candidate: str) -> list[str]:
                 " it is waiting, not computing (latency: Nagle/delayed ACK, flow control,"
                 " a pool?); per-cpu means little here."
             )
+        if row.scenario.startswith("ws-echo") and row.nginx_cpu and row.candidate_cpu:
+            found.append(f"{row.scenario}: proxy CPU {_cost(row, candidate)}.")
         if row.scenario == "idle-rss":
             detail = row.samples[candidate][0]["detail"]
             found.append(
@@ -322,6 +373,17 @@ def notes(rows: list[Row], candidate: str) -> list[str]:
                 f" after one request; {detail['answered']}/{detail['connections']} answered."
             )
     return found
+
+
+def _cost(row: Row, candidate: str) -> str:
+    """Proxy CPU per unit of work: ms per MiB echoed, or µs per message echoed."""
+    per_mib = row.unit == "MiB/s"
+    scale, unit = (1e3, "ms per MiB echoed") if per_mib else (1e6, "µs per message")
+    costs = []
+    for name, value, cpu in (("nginx", row.nginx, row.nginx_cpu),
+                             (candidate, row.candidate, row.candidate_cpu)):  # fmt: skip
+        costs.append(f"{name} {cpu / value * scale:.2f}" if value and cpu else f"{name} -")
+    return f"{unit}: {', '.join(costs)} (each byte crosses the proxy twice, in and out)"
 
 
 def environment(args: argparse.Namespace, tools: Tools) -> dict[str, Any]:
@@ -347,6 +409,8 @@ def environment(args: argparse.Namespace, tools: Tools) -> dict[str, Any]:
             "from cryptography.hazmat.backends.openssl import backend;"
             "print(backend.openssl_version_text())")]),
         "pinning": {"proxies": PROXY_CPU, "clients_and_backend": LOAD_CPU},
+        "wsecho_unmask": "websockets C apply_mask" if wsecho.apply_mask is not
+        wsecho._xor_mask else "Python int XOR",
     }  # fmt: skip
 
 
@@ -358,19 +422,22 @@ def main(argv: list[str] | None = None) -> int:
     stream_bytes = args.stream_mib * MIB
     fx = fixtures.make_fixtures(root, openssl=tools.openssl, stream_bytes=stream_bytes)
     bench = Bench(args, tools, fx)
+    ws_backend = bench.backends[1] if len(bench.backends) > 1 else None
     settings = Settings(
         tools=tools, duration=args.duration, work_dir=root,
         idle_connections=args.idle_connections, stream_bytes=stream_bytes,
-        upload_file=fx.upload_file,
+        upload_file=fx.upload_file, ws_backend=ws_backend, load_cpu=LOAD_CPU,
     )  # fmt: skip
     rows: list[Row] = []
     status = 1
     try:
         bench.start_backend()
         bench.start_proxies()
-        tls = {p.name: check_proxy(p) for p in bench.proxies}
+        tls = {p.name: check_proxy(p) for p in bench.pairs["http"]}
         for name, params in tls.items():
             print(f"{name:<9} TLS: {params}")
+        for proxy in bench.pairs.get("ws", ()):
+            check_ws(proxy)
         print(f"temp dir {root}; proxies on CPU {PROXY_CPU}, clients+backend on CPU {LOAD_CPU}")
         for name in args.scenario:
             scenario = SCENARIOS[name]
@@ -378,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
                 size = (f"{stream_bytes / GIB:g} GiB" if stream_bytes >= GIB
                         else f"{args.stream_mib} MiB")  # fmt: skip
                 scenario = Scenario(**{**vars(scenario), "title": f"RSS growth, {size} up+down"})
-            rounds = args.rounds if scenario.kind == "ratio" else 1
+            rounds = args.rounds if scenario.kind in ("ratio", "figure") else 1
             rows.append(run_scenario(bench, scenario, settings, rounds))
         status = 0
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:

@@ -10,7 +10,7 @@ from typing import Any
 
 from bench import loads
 from bench.fixtures import MIB
-from bench.process import Service, cpu_seconds, rss_kib
+from bench.process import Service, cpu_busy_seconds, cpu_seconds, rss_kib
 from bench.tools import Tools
 
 
@@ -29,6 +29,11 @@ class Settings:
     bulk_connections: int = 4
     h2_connections: int = 10
     h2_streams: int = 10
+    ws_connections: int = 4
+    ws_in_flight: int = 8  # 64 KiB messages in flight per websocket
+    ws_small_in_flight: int = 64  # 64 B messages in flight per websocket
+    ws_backend: Service | None = None  # the websocket echo server, whose CPU share is recorded
+    load_cpu: int = 0  # the CPU of the clients and backends, whose busy share is recorded
 
 
 @dataclass
@@ -50,11 +55,14 @@ class Scenario:
     unit: str
     measure: Callable[[Settings, Service], Sample]
     target: float
-    # "ratio": candidate/nginx >= target; "max": candidate's own figure <= target.
+    # "ratio": candidate/nginx >= target; "max": candidate's own figure <= target;
+    # "figure": no target yet, the figures are reported (the verdict only flags errors).
     kind: str
     higher_is_better: bool = True
     # Restart both proxies first, so heap freed by earlier scenarios cannot hide growth.
     fresh: bool = False
+    # Which proxy pair: "http" (in front of the nginx backend) or "ws" (the websocket echo).
+    backend: str = "http"
 
 
 def _url(proxy: Service, path: str) -> str:
@@ -131,6 +139,45 @@ def handshakes(settings: Settings, proxy: Service) -> Sample:
         processes=settings.handshake_processes,
     ))  # fmt: skip
     return Sample(result.requests_per_s, cpu, result.errors, {"client": vars(result)})
+
+
+def _ws(settings: Settings, proxy: Service, *, message_bytes: int, in_flight: int) -> Sample:
+    def run(duration: float) -> loads.LoadResult:
+        return loads.run_ws_echo(
+            proxy.port, connections=settings.ws_connections, in_flight=in_flight,
+            message_bytes=message_bytes, duration=duration,
+        )  # fmt: skip
+
+    run(1.0)
+    backend = settings.ws_backend.pid if settings.ws_backend else None
+    backend0 = cpu_seconds(backend) if backend else 0.0
+    busy0, t0 = cpu_busy_seconds(settings.load_cpu), time.monotonic()
+    result, cpu = _with_cpu(proxy, lambda: run(settings.duration))
+    wall = time.monotonic() - t0
+    # Whether the clients' side, not the proxy, was the limit: CPU 0 busy, and the backend's part.
+    load_side = {
+        "load_cpu_busy": round((cpu_busy_seconds(settings.load_cpu) - busy0) / wall, 3),
+        "backend_cpu": round((cpu_seconds(backend) - backend0) / wall, 3) if backend else None,
+    }
+    return Sample(
+        result.requests_per_s if message_bytes < 1024 else result.bytes_read / result.seconds / MIB,
+        cpu, result.errors,
+        {"client": vars(result), "messages_per_s": round(result.requests_per_s, 1),
+         "echoed_mib_per_s": round(result.bytes_read / result.seconds / MIB, 2)
+         if result.seconds else 0,
+         "message_bytes": message_bytes, "in_flight": in_flight,
+         "connections": settings.ws_connections, **load_side},
+    )  # fmt: skip
+
+
+def ws_echo(settings: Settings, proxy: Service) -> Sample:
+    """64 KiB binary messages echoed over 4 websockets, 8 in flight on each: MiB/s echoed."""
+    return _ws(settings, proxy, message_bytes=64 * 1024, in_flight=settings.ws_in_flight)
+
+
+def ws_echo_small(settings: Settings, proxy: Service) -> Sample:
+    """64-byte binary messages echoed over 4 websockets, 64 in flight on each: messages/s."""
+    return _ws(settings, proxy, message_bytes=64, in_flight=settings.ws_small_in_flight)
 
 
 def _settled_rss(pid: int, settle: float = 1.0) -> int:
@@ -220,5 +267,9 @@ SCENARIOS: dict[str, Scenario] = {
                  higher_is_better=False, fresh=True),
         Scenario("stream-rss", "RSS growth, 2 GiB up+down", "MiB", stream_rss, 20.0, "max",
                  higher_is_better=False, fresh=True),
+        Scenario("ws-echo", "websocket echo 64 KiB msgs", "MiB/s", ws_echo, 0.0, "figure",
+                 backend="ws"),
+        Scenario("ws-echo-small", "websocket echo 64 B msgs", "msg/s", ws_echo_small, 0.0,
+                 "figure", backend="ws"),
     )
 }  # fmt: skip
