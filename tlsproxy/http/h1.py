@@ -1,18 +1,16 @@
 """The HTTP/1.1 front: bytes from a TLS client become exchanges, exchanges become response bytes.
 
+Requests are answered in order (:mod:`tlsproxy.http.pipeline` holds those sent ahead of their
+turn); :mod:`tlsproxy.http.h1response` makes each response's bytes, framed.
+
 Rules:
 
-1. Requests are answered in order. A request that arrives while the previous one is still being
-   answered (pipelining) is held, parsed but not started, and the connection stops reading until
-   its turn comes, so a pipelining client costs at most one read's worth of memory.
-2. Every response is framed so that the client can tell where it ends: ``Content-Length`` as the
-   backend sent it, else chunked, else (HTTP/1.0 clients) the connection closes after it.
-3. A request that is rejected gets its status and ``Connection: close``, and nothing of it reaches
+1. A request that is rejected gets its status and ``Connection: close``, and nothing of it reaches
    the backend. After a response that ends before its request did, the connection closes too.
-4. One deadline per connection, whose meaning follows the phase: ``--header-timeout`` while a
+2. One deadline per connection, whose meaning follows the phase: ``--header-timeout`` while a
    request head is arriving (and during the TLS handshake), ``--idle-timeout`` between requests,
    ``--backend-timeout`` without progress while an exchange runs.
-5. All writes of one backend read leave in one TLS write (``flush``): TLS records cost per write.
+3. All writes of one backend read leave in one TLS write (``flush``): TLS records cost per write.
 """
 
 from __future__ import annotations
@@ -33,7 +31,8 @@ from tlsproxy import eagerwrite
 from tlsproxy.accesslog import AccessLog
 from tlsproxy.backend import BackendConnection, BackendPool
 from tlsproxy.deadline import NEVER, DeadlineSweeper
-from tlsproxy.http.exchange import Exchange, header_lines
+from tlsproxy.http.exchange import Exchange
+from tlsproxy.http.h1response import ResponseWriter
 from tlsproxy.http.headers import (
     ClientInfo,
     Header,
@@ -43,7 +42,7 @@ from tlsproxy.http.headers import (
     check_request_head,
     clean_trailers,
 )
-from tlsproxy.http.pages import error_response
+from tlsproxy.http.pipeline import Pipeline
 from tlsproxy.http.target import backend_target
 from tlsproxy.relay import Relay
 
@@ -73,9 +72,6 @@ class FrontSettings:
     hsts: bytes = b""  # --hsts: the Strict-Transport-Security value for every response
 
 
-_Held = list[tuple[Callable[..., None], tuple[Any, ...]]]
-
-
 @implementer(IHandshakeListener)
 class H1Connection(Protocol):
     """One client connection speaking HTTP/1.1 (or 1.0) over TLS."""
@@ -83,7 +79,6 @@ class H1Connection(Protocol):
     # Slots: fewer bytes per idle connection and faster attribute access on the hot path (the
     # Protocol base still gives each instance a small dict, for ``transport``).
     __slots__ = (
-        "_close_after",
         "_closing",
         "_exchange",
         "_head_bytes",
@@ -93,15 +88,13 @@ class H1Connection(Protocol):
         "_max_uri_bytes",
         "_method",
         "_on_close",
-        "_out",
         "_parser",
         "_phase",
+        "_pipeline",
         "_prefix",
-        "_queued",
         "_read_nothing_more",
         "_read_size",
-        "_response_bytes",
-        "_response_chunked",
+        "_response",
         "_settings",
         "_sweeper",
         "_trailers",
@@ -127,15 +120,12 @@ class H1Connection(Protocol):
         self._head_bytes = 0  # bytes read in earlier reads while this request head was arriving
         self._read_size = 0  # bytes in the read being parsed now
         self._exchange: Exchange | None = None
-        self._queued: _Held | None = None
+        self._pipeline: Pipeline | None = None  # requests sent ahead of their turn
         self._holds: set[str] = set()
-        self._out: list[bytes] = []
+        self._response = ResponseWriter(hsts=settings.hsts)
         self._http10 = False
         self._method = b""
-        self._response_chunked = False
-        self._close_after = False
         self._closing = False
-        self._response_bytes = 0
         self._upgrade_data: bytes | None = None  # what the client sent after asking
         self._tunnel: Relay | None = None
         self._read_nothing_more = False  # what followed the held requests could not be parsed
@@ -211,7 +201,7 @@ class H1Connection(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
         self._sweeper.untrack(self)
-        self._queued = None
+        self._pipeline = None
         exchange, self._exchange = self._exchange, None
         if self._tunnel is not None:
             self._tunnel.client_ended()
@@ -260,7 +250,7 @@ class H1Connection(Protocol):
     # -- reading: httptools callbacks ------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self._exchange is not None or self._queued is not None:
+        if self._exchange is not None or self._pipeline is not None:
             self._queue(self.on_message_begin, ())
             return
         self._phase = HEAD
@@ -272,7 +262,7 @@ class H1Connection(Protocol):
         self.deadline = self._sweeper.now + self._settings.header_timeout
 
     def on_url(self, url: bytes) -> None:
-        if self._queued is not None:
+        if self._pipeline is not None:
             self._queue(self.on_url, (url,))
             return
         self._url += url
@@ -280,7 +270,7 @@ class H1Connection(Protocol):
             raise HeadRejected(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._queued is not None:
+        if self._pipeline is not None:
             self._queue(self.on_header, (name, value))
         elif self._phase == HEAD:
             self._headers.append((name, value))
@@ -297,7 +287,7 @@ class H1Connection(Protocol):
         # The parser's view of the request is only good now: a held (pipelined) request keeps
         # its own copy, since the parser moves on to the requests after it.
         args = (parser.get_method(), parser.get_http_version(), parser.should_keep_alive())
-        if self._queued is not None:
+        if self._pipeline is not None:
             self._queue(self._request_head_received, args)
         else:
             self._request_head_received(*args)
@@ -342,10 +332,9 @@ class H1Connection(Protocol):
         if head.host is None:  # HTTP/1.0 may omit Host; HTTP/1.1 to the backend may not
             lines = b"Host: " + settings.pool.address.authority + b"\r\n" + lines
         request = b"%s %s HTTP/1.1\r\n%s%s\r\n" % (method, target, lines, framing)
-        self._response_chunked = False
         # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing; close after.
-        self._close_after = not keep_alive or (self._http10 and head.chunked)
-        self._response_bytes = 0
+        close_after = not keep_alive or (self._http10 and head.chunked)
+        self._response.start(http10=self._http10, close_after=close_after)
         self.deadline = self._sweeper.now + settings.backend_timeout
         exchange = Exchange(
             front=self,
@@ -360,7 +349,7 @@ class H1Connection(Protocol):
         exchange.start()
 
     def on_body(self, data: bytes) -> None:
-        if self._queued is not None:
+        if self._pipeline is not None:
             self._queue(self.on_body, (data,))
             return
         exchange = self._exchange
@@ -369,7 +358,7 @@ class H1Connection(Protocol):
             exchange.request_body(data)
 
     def on_message_complete(self) -> None:
-        if self._queued is not None:
+        if self._pipeline is not None:
             self._queue(self.on_message_complete, ())
             return
         self._phase = READ
@@ -377,71 +366,33 @@ class H1Connection(Protocol):
             trailers = clean_trailers(self._trailers) if self._trailers else self._trailers
             self._exchange.request_complete(trailers)
 
-    def _complete_requests(self) -> _Held | None:
-        """The held parser events up to the end of the last complete request."""
-        held = self._queued or []
-        ends = [i for i, (callback, _) in enumerate(held) if callback == self.on_message_complete]
-        return held[: ends[-1] + 1] if ends else None
-
     def _queue(self, callback: Callable[..., None], args: tuple[Any, ...]) -> None:
-        if self._queued is None:
-            self._queued = []
+        if self._pipeline is None:
+            self._pipeline = Pipeline()
             self.hold_reading("pipeline")
-        self._queued.append((callback, args))
+        self._pipeline.hold(callback, args)
 
     # -- the exchange's Front --------------------------------------------------------------------
 
     def send_interim(self, status: int, reason: bytes, headers: list[Header]) -> None:
-        if not self._http10:  # HTTP/1.0 clients do not understand 1xx (RFC 9110 §15.2)
-            self._out.append(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, header_lines(headers)))
+        self._response.interim(status, reason, headers)
 
     def send_head(self, status: int, reason: bytes, head: ResponseHead, *, bodyless: bool) -> None:
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason), head.lines]
-        if status == 101:  # the tunnel follows this head; the client must hear what it becomes
-            lines.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n\r\n" % (head.upgrade or b""))
-            self._out.append(b"".join(lines))
-            return
-        hsts = self._settings.hsts
-        if hsts and b"strict-transport-security:" not in head.lines.lower():
-            # The app's own policy, if it sets one, wins.
-            lines.append(b"Strict-Transport-Security: " + hsts + b"\r\n")
-        if head.content_length is not None and status != 204:
-            lines.append(b"Content-Length: " + head.content_length + b"\r\n")
-        elif not bodyless:
-            if self._http10:
-                self._close_after = True
-            else:
-                lines.append(b"Transfer-Encoding: chunked\r\n")
-                self._response_chunked = True
-        if self._close_after:
-            lines.append(b"Connection: close\r\n\r\n")
-        elif self._http10:
-            lines.append(b"Connection: keep-alive\r\n\r\n")
-        else:
-            lines.append(b"\r\n")
-        self._out.append(b"".join(lines))
-        self._progress()
+        self._response.head(status, reason, head, bodyless=bodyless)
+        if status != 101:  # the tunnel that follows a 101 keeps its own deadline
+            self._progress()
 
     def send_body(self, data: bytes) -> None:
-        self._response_bytes += len(data)
-        if self._response_chunked:
-            self._out += (b"%x\r\n" % len(data), data, b"\r\n")
-        else:
-            self._out.append(data)
+        self._response.body(data)
         self._progress()
 
     def send_end(self, trailers: list[Header]) -> None:
-        if self._response_chunked:
-            self._out.append(b"0\r\n" + header_lines(trailers) + b"\r\n")
+        self._response.end(trailers)
 
     def send_error(self, status: int, message: str) -> None:
-        self._close_after = self._close_after or self._phase != READ
-        head, body = error_response(status, message, close=self._close_after)
-        if self._method == b"HEAD":
-            self._out.append(head)
-        else:
-            self._response_bytes = len(body)
-            self._out += (head, body)
+        self._response.error(
+            status, message, close=self._phase != READ, head_only=self._method == b"HEAD"
+        )
 
     def start_tunnel(self, backend: BackendConnection, backend_data: bytes) -> None:
         """The backend switched protocols: from now on bytes pass both ways untouched."""
@@ -473,7 +424,7 @@ class H1Connection(Protocol):
         self.release_reading("upgrade")
 
     def flush(self) -> None:
-        out = self._out
+        out = self._response.out
         if out:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
             out.clear()
@@ -482,7 +433,7 @@ class H1Connection(Protocol):
         self._log_exchange()
         self._exchange = None
         self._closing = True
-        self._out.clear()
+        self._response.out.clear()
         self._abort_transport()
 
     def hold_reading(self, reason: str) -> None:
@@ -504,7 +455,7 @@ class H1Connection(Protocol):
             self.release_reading("connect")
         if self._phase == READ:
             self._next_request()
-        else:  # answered before the request was read to its end (rule 3)
+        else:  # answered before the request was read to its end (rule 1)
             self.close()
 
     # -- internals -------------------------------------------------------------------------------
@@ -514,7 +465,7 @@ class H1Connection(Protocol):
         # An idle connection holds nothing of the request it answered.
         self._url = b""
         self._headers = self._trailers = []
-        if self._close_after:
+        if self._response.close_after:
             self.close()
             return
         if self._upgrade_data is not None:
@@ -528,19 +479,18 @@ class H1Connection(Protocol):
             return
         self._phase = IDLE
         self.deadline = self._sweeper.now + self._settings.idle_timeout
-        queued = self._queued
-        self._queued = None
-        try:
-            for index, (callback, args) in enumerate(queued or ()):
-                callback(*args)
-                if self._queued is not None:  # the replayed request is running; hold the rest
-                    self._queued.extend(queued[index + 1 :])
-                    return
-                if self._closing:
-                    return
-        except HeadRejected as rejected:
-            self._reject(rejected.status, rejected.reason)
-            return
+        queued, self._pipeline = self._pipeline, None
+        if queued is not None:
+            try:
+                queued.replay(self._replay_stopped)
+            except HeadRejected as rejected:
+                self._reject(rejected.status, rejected.reason)
+                return
+            if self._pipeline is not None:  # the replayed request is running; hold the rest
+                self._pipeline.hold_all(queued)
+                return
+            if self._closing:
+                return
         if self._read_nothing_more:
             if self._exchange is None:
                 self.close()
@@ -548,12 +498,15 @@ class H1Connection(Protocol):
         if queued is not None:
             self.release_reading("pipeline")
 
+    def _replay_stopped(self) -> bool:
+        return self._pipeline is not None or self._closing
+
     def _progress(self) -> None:
         if self._exchange is not None and self._tunnel is None:
             self.deadline = self._sweeper.now + self._settings.backend_timeout
 
     def _reject(self, status: int, reason: str) -> None:
-        """Answer a request that must not be forwarded, then close (rule 3)."""
+        """Answer a request that must not be forwarded, then close (rule 1)."""
         if self._closing:
             return
         exchange = self._exchange
@@ -562,13 +515,15 @@ class H1Connection(Protocol):
                 self.abort()
                 exchange.front_lost()
             else:  # what follows is broken: answer the complete requests held so far, then close
-                self._queued = self._complete_requests()
+                held = self._pipeline
+                end = self.on_message_complete
+                self._pipeline = held.complete_requests(end) if held is not None else None
                 self._read_nothing_more = True
                 self.hold_reading("rejected")
             return
-        head, body = error_response(status, reason, close=True)
-        self._out += (head, body)
-        self._log_request(status, len(body))
+        response = self._response
+        response.error(status, reason, close=True)
+        self._log_request(status, response.size)
         log.info(
             "rejected a request from {client}: {status} {reason}",
             client=self.client.address.decode() if self.client else "?",
@@ -596,7 +551,7 @@ class H1Connection(Protocol):
 
     def _log_exchange(self) -> None:
         if self._exchange is not None and self._settings.access_log is not None:
-            self._log_request(self._exchange.status, self._response_bytes)
+            self._log_request(self._exchange.status, self._response.size)
 
     def _log_request(self, status: int, size: int) -> None:
         access_log = self._settings.access_log

@@ -1,20 +1,18 @@
 """One HTTP/2 stream as the :class:`~tlsproxy.http.exchange.Front` of one exchange.
 
+The request goes to the backend as HTTP/1.1 (:func:`~tlsproxy.http.h2headers.backend_request`).
+
 Rules:
 
-1. The request goes to the backend as HTTP/1.1 through the same checks as an HTTP/1.1 request
-   (:func:`check_request_head`, :func:`backend_target`): ``:authority`` becomes ``Host`` (a
-   ``Host`` field too must name the same host), so forwarding, hop-by-hop and trust rules are
-   the ones of the HTTP/1.1 front. A body without ``content-length`` goes chunked.
-2. Request body back-pressure is this stream's flow-control window: DATA is acknowledged only
+1. Request body back-pressure is this stream's flow-control window: DATA is acknowledged only
    once the exchange has taken it while holding nothing. A held stream stops acknowledging, so
    the client's window for it closes and the other streams on the connection go on.
-3. Response body back-pressure: DATA leaves only within the client's window; what does not fit
+2. Response body back-pressure: DATA leaves only within the client's window; what does not fit
    waits here, and past :data:`RESPONSE_BUFFER` bytes the backend connection is not read until
    a WINDOW_UPDATE drains it.
-4. A failure before the response head is a status on this stream; after it, RST_STREAM. A
+3. A failure before the response head is a status on this stream; after it, RST_STREAM. A
    stream's failure is never the connection's.
-5. A response that ends before its request body did ends the request too: RST_STREAM NO_ERROR
+4. A response that ends before its request body did ends the request too: RST_STREAM NO_ERROR
    (RFC 9113 §8.1), so the client stops sending.
 """
 
@@ -22,7 +20,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from h2.errors import ErrorCodes
@@ -31,18 +28,9 @@ from twisted.logger import Logger
 
 from tlsproxy.deadline import NEVER
 from tlsproxy.http.exchange import Exchange
-from tlsproxy.http.h1 import MAX_HEADERS, MAX_URI_BYTES
-from tlsproxy.http.headers import (
-    HOP_BY_HOP,
-    ClientInfo,
-    Header,
-    HeadRejected,
-    ResponseHead,
-    check_request_head,
-    clean_trailers,
-)
+from tlsproxy.http.h2headers import backend_request, plain_fields, response_fields
+from tlsproxy.http.headers import Header, HeadRejected, ResponseHead, clean_trailers
 from tlsproxy.http.pages import error_response
-from tlsproxy.http.target import backend_target
 
 if TYPE_CHECKING:
     from tlsproxy.backend import BackendConnection
@@ -55,93 +43,7 @@ RESPONSE_BUFFER = 64 * 1024
 #: ...and below which the backend is read again.
 RESPONSE_BUFFER_LOW = 16 * 1024
 
-# Methods whose empty body is still worth a "Content-Length: 0" (RFC 9110 §8.6).
-_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _ERROR_TYPE = (b"content-type", b"text/plain; charset=utf-8")
-
-
-@dataclass(frozen=True, slots=True)
-class BackendRequest:
-    """An HTTP/2 request head rebuilt for the backend."""
-
-    head: bytes  # request line, header lines and framing, ending in the empty line
-    method: bytes
-    has_body: bool
-    chunked: bool
-
-
-def backend_request(
-    headers: Sequence[Header], *, client: ClientInfo, prefix: bytes, ended: bool
-) -> BackendRequest:
-    """The HTTP/1.1 head for an HTTP/2 request (rule 1); raise :class:`HeadRejected` if none."""
-    method = path = authority = None
-    hosts: list[bytes] = []
-    fields: list[Header] = []
-    for name, value in headers:
-        if name[:1] == b":":
-            if name == b":method":
-                method = value
-            elif name == b":path":
-                path = value
-            elif name == b":authority":
-                authority = value
-            # :scheme is ignored: this hop is https, and the forwarding headers say so.
-        elif name == b"host":
-            hosts.append(value)
-        else:
-            fields.append((name, value))
-    if method == b"CONNECT":
-        raise HeadRejected(405, "CONNECT is for forward proxies; this is a reverse proxy")
-    if method is None or path is None:
-        raise HeadRejected(400, "request without :method or :path")
-    if len(path) > MAX_URI_BYTES:
-        raise HeadRejected(414, "request target too long")
-    if len(fields) > MAX_HEADERS:
-        raise HeadRejected(431, f"more than {MAX_HEADERS} header fields")
-    if authority is not None:
-        if any(host.lower() != authority.lower() for host in hosts):
-            raise HeadRejected(400, "the Host header names another host than :authority")
-        hosts = [authority]
-    head = check_request_head([(b"host", host) for host in hosts] + fields, client, http10=False)
-    if head.chunked:  # h2 refuses transfer-encoding; never trust a framing header through
-        raise HeadRejected(400, "Transfer-Encoding is not allowed in HTTP/2")
-    if head.content_length is not None:
-        framing = b"Content-Length: " + head.content_length + b"\r\n"
-        has_body = head.content_length != b"0"
-    elif ended:
-        framing = b"Content-Length: 0\r\n" if method in _BODY_METHODS else b""
-        has_body = False
-    else:
-        framing = b"Transfer-Encoding: chunked\r\n"
-        has_body = True
-    target = path
-    if target[:1] != b"/" or prefix:
-        target = backend_target(target, method=method, host=head.host, prefix=prefix)
-    return BackendRequest(
-        head=b"%s %s HTTP/1.1\r\n%s%s\r\n" % (method, target, head.lines, framing),
-        method=method,
-        has_body=has_body,
-        chunked=framing[:1] == b"T",
-    )
-
-
-def response_fields(status: int, head: ResponseHead) -> list[Header]:
-    """The HTTP/2 header list of a response head (names lower-case, hop-by-hop already gone)."""
-    fields = [(b":status", b"%d" % status)]
-    for line in head.lines.split(b"\r\n"):
-        if line:
-            name, _, value = line.partition(b": ")
-            fields.append((name.lower(), value))
-    if head.content_length is not None and status != 204:
-        fields.append((b"content-length", head.content_length))
-    return fields
-
-
-def plain_fields(status: int, headers: Sequence[Header]) -> list[Header]:
-    """A 1xx head or trailers: names lower-case, nothing connection-specific."""
-    fields = [(b":status", b"%d" % status)] if status else []
-    fields += [(n.lower(), v) for n, v in headers if n.lower() not in HOP_BY_HOP]
-    return fields
 
 
 class H2Stream:
@@ -176,7 +78,7 @@ class H2Stream:
         self._h2 = connection.h2
         self.stream_id = stream_id
         self.exchange: Exchange | None = None
-        self.write_paused = False  # the backend is not read for this stream (rule 3)
+        self.write_paused = False  # the backend is not read for this stream (rule 2)
         self.deadline = NEVER
         self._holds: set[str] = set()
         self._unacked = 0  # flow-controlled bytes taken while held, not yet handed back
@@ -251,7 +153,7 @@ class H2Stream:
         settings = self._connection.settings
         self.deadline = settings.sweeper.now + settings.backend_timeout
         exchange.request_body(data)
-        if self._holds:  # taken, but not consumed (rule 2)
+        if self._holds:  # taken, but not consumed (rule 1)
             self._unacked += flow_controlled
         else:
             self._acknowledge(flow_controlled)
@@ -448,7 +350,7 @@ class H2Stream:
         self._response_sent = True
         self._buffer.clear()
         self._buffered = 0
-        if not self._request_ended:  # rule 5
+        if not self._request_ended:  # rule 4
             self._request_ended = True
             self._h2.reset_stream(self.stream_id, ErrorCodes.NO_ERROR)
         self._finish_if_done()

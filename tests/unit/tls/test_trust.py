@@ -8,7 +8,6 @@ real TLS handshake is in tests/e2e/test_trust.py.
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 from pathlib import Path
 
@@ -17,7 +16,8 @@ import pytest
 from tests.certfactory import NOW, cert_pem, make_ca
 from tlsproxy.tls.devca import ensure_dev_certificates
 from tlsproxy.tls.nss import parse_certutil_list
-from tlsproxy.tls.trust import CA, RECORD_NAME, Entry, client_lines, read_record, run, write_record
+from tlsproxy.tls.trust import client_lines, run
+from tlsproxy.tls.trustrecord import CA, RECORD_NAME, Entry, read_record
 
 
 def trust(*argv: str, home: Path) -> tuple[int, str, str]:
@@ -50,27 +50,6 @@ def dev_ca(certs_dir: Path) -> CA:
 # --- pure parts ------------------------------------------------------------------------------
 
 
-def test_entry_name_carries_the_fingerprint(tmp_path: Path) -> None:
-    """Each CA gets its own name, from its SHA-256, so one CA is never taken for another."""
-    first, second = dev_ca(tmp_path / "a"), dev_ca(tmp_path / "b")
-
-    assert first.name == f"tlsproxy-dev-ca-{first.sha256[:16]}"
-    assert first.name != second.name
-    assert first.matches((tmp_path / "a" / "ca.pem").read_bytes())
-    assert not first.matches((tmp_path / "b" / "ca.pem").read_bytes())
-    assert not first.matches(b"not a certificate")
-
-
-def test_commands_by_hand_name_this_ca(tmp_path: Path) -> None:
-    """The system-store commands carry this CA's path, entry name and SHA-1 thumbprint."""
-    ca = dev_ca(tmp_path / "certs")
-
-    assert f"{ca.path} /usr/local/share/ca-certificates/{ca.name}.crt" in ca.by_hand(
-        "debian", uninstall=False
-    )
-    assert f"certutil -delstore ROOT {ca.sha1}" in ca.by_hand("windows", uninstall=True)
-
-
 def test_client_lines_prefer_the_system_bundle(tmp_path: Path) -> None:
     """With the system store trusted, Python clients get the bundle (public CAs kept)."""
     ca = dev_ca(tmp_path / "certs")
@@ -90,24 +69,6 @@ def test_client_lines_prefer_the_system_bundle(tmp_path: Path) -> None:
         f"SSL_CERT_FILE={ca.path}",
     ]
     assert "replace" in note
-
-
-def test_record_belongs_to_one_ca(tmp_path: Path) -> None:
-    """The record is read back for its CA only; an empty one is removed; junk reads as empty."""
-    ca, other = dev_ca(tmp_path / "a"), dev_ca(tmp_path / "b")
-    record = tmp_path / RECORD_NAME
-    entries = {Entry("nss", "/home/me/.pki/nssdb"), Entry("debian", "/")}
-
-    write_record(record, ca, entries)
-
-    assert read_record(record, ca) == entries
-    assert read_record(record, other) == set()
-    assert json.loads(record.read_text())["ca_sha256"] == ca.sha256
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-    write_record(record, ca, set())
-    assert not record.exists()
-    record.write_text("{not json")
-    assert read_record(record, ca) == set()
 
 
 # --- NSS databases, with the real certutil ----------------------------------------------------
