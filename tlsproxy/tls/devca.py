@@ -100,8 +100,8 @@ def ensure_dev_certificates(
         )
     else:
         ca_cert, ca_key = _new_ca(wanted, now=now)
-        _write(ca_key_path, _key_pem(ca_key), private=True)
-        _write(ca_cert_path, ca_cert.public_bytes(serialization.Encoding.PEM), private=False)
+        write_atomically(ca_key_path, _key_pem(ca_key), mode=0o600)
+        write_atomically(ca_cert_path, ca_cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
         messages.append(f"created development CA {ca_cert_path}")
     _check_permitted(ca_cert, ca_cert_path, wanted)
 
@@ -113,8 +113,8 @@ def ensure_dev_certificates(
         verb = "reused"
     else:
         leaf, leaf_key = _new_leaf(ca_cert, ca_key, wanted, now=now)
-        _write(key_path, _key_pem(leaf_key), private=True)
-        _write(cert_path, leaf.public_bytes(serialization.Encoding.PEM), private=False)
+        write_atomically(key_path, _key_pem(leaf_key), mode=0o600)
+        write_atomically(cert_path, leaf.public_bytes(serialization.Encoding.PEM), mode=0o644)
         verb = "issued" if reason == "" else "renewed"
     line = (
         f"{verb} leaf {cert_path} for {', '.join(_leaf_names(leaf))} "
@@ -412,16 +412,16 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _write(path: Path, data: bytes, *, private: bool) -> None:
-    """Write ``data`` to ``path`` atomically; mkstemp makes the file 0600 from the start."""
+def write_atomically(path: Path, data: bytes, *, mode: int) -> None:
+    """Write ``data`` beside ``path``, then rename it into place; mkstemp starts it at 0600."""
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        if not private:
-            os.chmod(temp, 0o644)
+        if mode != 0o600:
+            os.chmod(temp, mode)
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

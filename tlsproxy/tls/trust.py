@@ -30,7 +30,7 @@ from typing import TextIO
 
 from tlsproxy.tls.certstore import CertificateError
 from tlsproxy.tls.command import DEFAULT_CERTS_DIR, ArgumentParser, UsageExit
-from tlsproxy.tls.devca import CA_CERT_NAME, ensure_dev_certificates
+from tlsproxy.tls.devca import CA_CERT_NAME, ensure_dev_certificates, write_atomically
 from tlsproxy.tls.nss import (
     NSS_TRUST,
     Certutil,
@@ -56,7 +56,6 @@ from tlsproxy.tls.trustrecord import (
     Outcome,
     Step,
     read_record,
-    write_atomically,
     write_record,
 )
 

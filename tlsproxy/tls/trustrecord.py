@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -22,6 +20,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from tlsproxy.tls.devca import write_atomically
 from tlsproxy.tls.systemstore import system_commands
 
 RECORD_NAME = "trust-installed.json"
@@ -129,18 +128,3 @@ def write_record(path: Path, ca: CA, entries: Iterable[Entry]) -> None:
         "installed": [{"store": e.kind, "location": e.location} for e in ordered],
     }
     write_atomically(path, (json.dumps(data, indent=2) + "\n").encode(), mode=0o644)
-
-
-def write_atomically(path: Path, data: bytes, *, mode: int) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
