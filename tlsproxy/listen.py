@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -22,6 +23,7 @@ from twisted.python.failure import Failure
 from tlsproxy.config import Listener
 from tlsproxy.http.h1 import FrontSettings, H1Connection
 from tlsproxy.http.h2 import H2Connection
+from tlsproxy.tls.memorytls import MemoryTLSFactory
 
 log = Logger()
 
@@ -138,7 +140,13 @@ class _TLSFactory(TLSMemoryBIOFactory):
 def tls_factory(
     creator: IOpenSSLServerConnectionCreator, front: FrontFactory
 ) -> TLSMemoryBIOFactory:
+    """TLS by pyOpenSSL, through Twisted's TLSMemoryBIOProtocol."""
     return _TLSFactory(creator, False, front)
+
+
+def memory_tls_factory(context: ssl.SSLContext, front: FrontFactory) -> MemoryTLSFactory:
+    """TLS by the standard library's ``ssl``, through :class:`MemoryTLS`."""
+    return MemoryTLSFactory(context, front, plain_answer=_PLAIN_HTTP_ANSWER)
 
 
 def url_of(port: IListeningPort) -> str:

@@ -8,6 +8,7 @@ from typing import Any, TextIO
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -25,11 +26,18 @@ from tlsproxy.listen import (
     Takeover,
     browse_url,
     listen_all,
+    memory_tls_factory,
     tls_factory,
     url_of,
 )
 from tlsproxy.tls.devca import trust_instructions
-from tlsproxy.tls.policy import HTTP1_ALPN, HTTP2_ALPN, server_connection_creator
+from tlsproxy.tls.policy import (
+    HTTP1_ALPN,
+    HTTP2_ALPN,
+    TLS_ENGINE,
+    server_connection_creator,
+    server_ssl_context,
+)
 
 log = Logger()
 
@@ -80,8 +88,7 @@ class ProxyService(Service):
 
     def privilegedStartService(self) -> None:
         # Bind before twistd drops privileges, so --port 443 works when started as root.
-        creator = server_connection_creator(self.config.certificate, alpn=self.alpn)
-        tls = tls_factory(creator, self.front)
+        tls = self._tls_factory()
         try:
             self.ports = listen_all(self._reactor, self.config.listeners, tls)
             if self.config.redirect_listeners:
@@ -99,6 +106,15 @@ class ProxyService(Service):
             raise SystemExit(2) from None
         self.front.ports = self.ports
         super().privilegedStartService()  # type: ignore[no-untyped-call]
+
+    def _tls_factory(self) -> IProtocolFactory:
+        """The front's TLS layer, by the engine policy.TLS_ENGINE names."""
+        certificate = self.config.certificate
+        if TLS_ENGINE == "stdlib":
+            return memory_tls_factory(server_ssl_context(certificate, alpn=self.alpn), self.front)
+        if TLS_ENGINE == "pyopenssl":
+            return tls_factory(server_connection_creator(certificate, alpn=self.alpn), self.front)
+        raise ValueError(f"unknown TLS_ENGINE {TLS_ENGINE!r}: 'pyopenssl' or 'stdlib'")
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Iterator
@@ -557,3 +558,48 @@ def test_tunnel_idle_timeout_spares_a_talking_websocket(
             return echoed
 
     assert run(scenario()) == [f"tick {n}" for n in range(8)]
+
+
+# --- half-close -------------------------------------------------------------------------------
+
+
+def test_backend_half_close_lets_the_client_finish_sending(proxy_factory: ProxyFactory) -> None:
+    """A backend that switches protocols, sends its last bytes and shuts its sending side
+    (TCP FIN) still receives what the client sends after that: the client sees the bytes, then
+    close_notify, and the tunnel carries its reply to the backend until the client closes."""
+    received: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def half_closing_backend() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.settimeout(WAIT)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += connection.recv(4096)
+            connection.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                b"Upgrade: x-test\r\n\r\nlast words"
+            )
+            connection.shutdown(socket.SHUT_WR)
+            while chunk := connection.recv(4096):
+                received.append(chunk)
+
+    thread = threading.Thread(target=half_closing_backend, daemon=True)
+    thread.start()
+    backend_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    proxy = proxy_factory("--backend", backend_url)
+    try:
+        with RawClient(proxy.connect()) as raw:
+            raw.send(request_bytes("GET", "/", [("Connection", "Upgrade"), ("Upgrade", "x-test")]))
+            assert raw.read_response().status == 101
+            tail = b""
+            while chunk := raw.recv_some():
+                tail += chunk
+            assert tail == b"last words"
+            assert raw.how_closed == CLEAN_CLOSE  # close_notify, not a reset
+            raw.sock.sendall(b"the client's reply")
+        thread.join(WAIT)
+    finally:
+        listener.close()
+    assert b"".join(received) == b"the client's reply"

@@ -18,9 +18,14 @@ Rules:
 
 from __future__ import annotations
 
+import os
+import ssl as stdlib_ssl
+import tempfile
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
@@ -39,10 +44,15 @@ HTTP1_ALPN: tuple[bytes, ...] = (b"http/1.1",)
 HTTP2_ALPN: tuple[bytes, ...] = (b"h2", b"http/1.1")
 
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
-CIPHERS = ssl.AcceptableCiphers.fromOpenSSLCipherString(
+CIPHER_STRING = (
     "TLS13-AES-256-GCM-SHA384:TLS13-CHACHA20-POLY1305-SHA256:TLS13-AES-128-GCM-SHA256:"
     "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!MD5:!DSS"
 )
+CIPHERS = ssl.AcceptableCiphers.fromOpenSSLCipherString(CIPHER_STRING)
+
+#: The front's TLS engine: "pyopenssl" (Twisted's TLSMemoryBIOProtocol) or "stdlib"
+#: (:mod:`tlsproxy.tls.memorytls`, CPython's ``ssl``), chosen by measurement (bench/run.py).
+TLS_ENGINE = "stdlib"
 
 
 def server_connection_creator(
@@ -75,3 +85,59 @@ def server_connection_creator(
     # tens of KiB per idle keep-alive connection otherwise.
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     return options
+
+
+def server_ssl_context(
+    certificate: LoadedCertificate, *, alpn: Sequence[bytes] = HTTP1_ALPN
+) -> stdlib_ssl.SSLContext:
+    """The same policy as :func:`server_connection_creator`, as a stdlib context for MemoryTLS.
+
+    Rule 4 here: the session cache is on and stateless tickets are off (``OP_NO_TICKET``), so
+    TLS 1.3 "tickets" are cache entries and no ticket key outlives forward secrecy. One ticket
+    per handshake, not OpenSSL's two: each costs the server an encryption and a cache entry per
+    handshake, and a client reconnects with one. Client-initiated renegotiation is refused
+    (nginx refuses it too): MemoryTLS encrypts each write at once and has no place to hold one
+    while a renegotiation runs.
+    """
+    protocols = list(alpn)
+    if b"http/1.1" not in protocols:
+        raise ValueError(f"ALPN must offer http/1.1, got {protocols!r}")
+    key = certificate.key
+    if not isinstance(key, _SERVER_KEY_TYPES):
+        raise ValueError(f"no TLS server can use a {type(key).__name__}")  # certstore refuses it
+    context = stdlib_ssl.SSLContext(stdlib_ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = stdlib_ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(CIPHER_STRING)
+    context.options |= (
+        stdlib_ssl.OP_NO_COMPRESSION | stdlib_ssl.OP_NO_TICKET | stdlib_ssl.OP_NO_RENEGOTIATION
+    )
+    context.num_tickets = 1
+    context.set_alpn_protocols([name.decode("ascii") for name in protocols])
+    # CPython already sets SSL_MODE_RELEASE_BUFFERS (rule 5) and a session ID context.
+    _load_chain(context, certificate)
+    return context
+
+
+def _load_chain(context: stdlib_ssl.SSLContext, certificate: LoadedCertificate) -> None:
+    """Give ``context`` the leaf, its chain and the key, already decrypted, from memory.
+
+    ``ssl`` loads only from files: the PEM lives in an owner-only file in a private directory
+    (0700) for the duration of one call, and the key is never written encrypted with a
+    passphrase we would then have to pass along.
+    """
+    pem = b"".join(
+        c.public_bytes(serialization.Encoding.PEM) for c in (certificate.leaf, *certificate.chain)
+    ) + certificate.key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    with tempfile.TemporaryDirectory(prefix="tlsproxy-") as directory:
+        path = Path(directory, "server.pem")
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(pem)
+            context.load_cert_chain(path)
+        finally:
+            path.unlink()

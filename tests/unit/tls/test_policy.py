@@ -7,6 +7,7 @@ client checks validity against the real clock, so these certificates are made ar
 from __future__ import annotations
 
 import ssl
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,10 +16,11 @@ from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import CertificateOptions
 
-from tests.certfactory import Issued, make_ca, make_leaf, rsa_key, write_pair
+from tests.certfactory import Issued, key_pem, make_ca, make_leaf, rsa_key, write_pair, write_pem
 from tests.unit.tls.conftest import client_context, handshake
+from tests.unit.tls.test_memorytls import TLSPair
 from tlsproxy.tls.certstore import LoadedCertificate, load_certificate
-from tlsproxy.tls.policy import HTTP2_ALPN, server_connection_creator
+from tlsproxy.tls.policy import HTTP2_ALPN, server_connection_creator, server_ssl_context
 
 NOW = datetime.now(UTC)
 
@@ -223,6 +225,200 @@ def test_each_certificate_gets_its_own_session_cache(ecdsa: LoadedCertificate, c
     first = handshake(server_connection_creator(ecdsa), context)
 
     second = handshake(server_connection_creator(ecdsa), context, session=first.client.session)
+
+    assert second.error is None
+    assert not second.client.session_reused
+
+
+# -- server_ssl_context: the same policy for the stdlib engine (MemoryTLS) ------------------------
+
+
+@pytest.fixture(scope="module")
+def stdlib_context(ecdsa: LoadedCertificate) -> ssl.SSLContext:
+    return server_ssl_context(ecdsa)
+
+
+def stdlib_handshake(
+    server: ssl.SSLContext,
+    client: ssl.SSLContext,
+    *,
+    session: ssl.SSLSession | None = None,
+) -> TLSPair:
+    """A handshake between ``client`` and MemoryTLS using ``server``; see ``pair.error``."""
+    pair = TLSPair.connect(server, client, session=session)
+    pair.pump()
+    return pair
+
+
+def test_stdlib_context_sets_the_policy(stdlib_context: ssl.SSLContext) -> None:
+    """TLS 1.2 floor, no compression, no renegotiation, the session cache rather than stateless
+    tickets, one TLS 1.3 ticket per handshake, ALPN on."""
+    context = stdlib_context
+
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert context.options & ssl.OP_NO_COMPRESSION
+    assert context.options & ssl.OP_NO_TICKET
+    assert context.options & ssl.OP_NO_RENEGOTIATION
+    assert context.num_tickets == 1
+    assert context.verify_mode == ssl.CERT_NONE  # no client certificates
+
+
+def test_stdlib_context_has_the_pyopenssl_contexts_tls12_ciphers(
+    stdlib_context: ssl.SSLContext, creator: IOpenSSLServerConnectionCreator
+) -> None:
+    """Both engines offer the same TLS 1.2 suites, from the one cipher string."""
+    assert isinstance(creator, CertificateOptions)
+    connection = SSL.Connection(creator.getContext(), None)
+    pyopenssl = [name for name in connection.get_cipher_list() if not name.startswith("TLS_")]
+
+    stdlib = [c["name"] for c in stdlib_context.get_ciphers() if c["protocol"] == "TLSv1.2"]
+
+    assert stdlib == pyopenssl
+    assert all(name.startswith("ECDHE-") for name in stdlib)
+
+
+@pytest.mark.parametrize(("versions", "name"), [(TLS12, "TLSv1.2"), (TLS13, "TLSv1.3")])
+def test_stdlib_tls12_and_tls13_handshakes_succeed(
+    stdlib_context: ssl.SSLContext,
+    ca: Issued,
+    versions: tuple[ssl.TLSVersion, ssl.TLSVersion],
+    name: str,
+) -> None:
+    """A verifying client completes TLS 1.2 and 1.3 handshakes against the stdlib context."""
+    pair = stdlib_handshake(stdlib_context, client_context(ca, versions=versions))
+
+    assert pair.error is None
+    assert pair.client.version() == name
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
+def test_stdlib_tls11_client_is_refused(stdlib_context: ssl.SSLContext, ca: Issued) -> None:
+    """A TLS 1.1 client gets a protocol_version alert and is disconnected."""
+    context = client_context(
+        ca, versions=(ssl.TLSVersion.TLSv1_1, ssl.TLSVersion.TLSv1_1), ciphers="DEFAULT:@SECLEVEL=0"
+    )
+
+    pair = stdlib_handshake(stdlib_context, context)
+
+    assert pair.error is not None
+    assert "PROTOCOL_VERSION" in str(pair.error).upper()
+    assert pair.tcp.disconnecting
+
+
+def test_stdlib_tls12_refuses_cbc_and_static_rsa(
+    stdlib_context: ssl.SSLContext, ca: Issued
+) -> None:
+    """A TLS 1.2 client offering only static-RSA or CBC suites finds no shared cipher."""
+    context = client_context(ca, versions=TLS12, ciphers="AES128-SHA:ECDHE-ECDSA-AES128-SHA")
+
+    pair = stdlib_handshake(stdlib_context, context)
+
+    assert pair.error is not None
+    assert pair.tcp.disconnecting
+
+
+def test_stdlib_alpn_prefers_h2_and_always_offers_http11(
+    ecdsa: LoadedCertificate, ca: Issued
+) -> None:
+    """alpn=(h2, http/1.1) gives h2 to a browser; a context without http/1.1 is refused."""
+    pair = stdlib_handshake(
+        server_ssl_context(ecdsa, alpn=HTTP2_ALPN), client_context(ca, alpn=["h2", "http/1.1"])
+    )
+
+    assert pair.client.selected_alpn_protocol() == "h2"
+    with pytest.raises(ValueError, match=r"http/1\.1"):
+        server_ssl_context(ecdsa, alpn=(b"h2",))
+
+
+@pytest.mark.parametrize("versions", [TLS12, TLS13])
+def test_stdlib_rsa_certificate_serves(
+    ca: Issued, tmp_path: Path, versions: tuple[ssl.TLSVersion, ssl.TLSVersion]
+) -> None:
+    """An RSA 2048 leaf serves over TLS 1.2 (ECDHE-RSA) and TLS 1.3."""
+    leaf = load_certificate(
+        *write_pair(tmp_path, make_leaf(ca, key=rsa_key(2048), now=NOW)), now=NOW
+    )
+
+    pair = stdlib_handshake(server_ssl_context(leaf), client_context(ca, versions=versions))
+
+    assert pair.error is None
+    cipher = pair.client.cipher()
+    assert cipher is not None
+    if versions == TLS12:
+        assert cipher[0].startswith("ECDHE-RSA-")
+
+
+def test_stdlib_intermediate_chain_is_sent(tmp_path: Path) -> None:
+    """A client trusting only the root verifies a leaf whose intermediate is in the cert file."""
+    root = make_ca("Root", now=NOW)
+    intermediate = make_ca("Intermediate", issuer=root, now=NOW)
+    loaded = load_certificate(
+        *write_pair(tmp_path, make_leaf(intermediate, now=NOW), intermediate.cert), now=NOW
+    )
+
+    pair = stdlib_handshake(server_ssl_context(loaded), client_context(root))
+
+    assert pair.error is None
+
+
+def test_stdlib_encrypted_key_serves(ca: Issued, tmp_path: Path) -> None:
+    """A passphrase-protected key works: the context gets the key certstore decrypted."""
+    leaf = make_leaf(ca, now=NOW)
+    cert_path = write_pem(tmp_path / "cert.pem", leaf.cert)
+    key_path = tmp_path / "key.pem"
+    key_path.write_bytes(key_pem(leaf.key, passphrase=b"secret"))
+    key_path.chmod(0o600)
+    loaded = load_certificate(cert_path, key_path, passphrase=b"secret", now=NOW)
+
+    pair = stdlib_handshake(server_ssl_context(loaded), client_context(ca))
+
+    assert pair.error is None
+
+
+def test_stdlib_key_file_is_private_and_removed(
+    ecdsa: LoadedCertificate, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PEM handed to OpenSSL is owner-only, in an owner-only directory, and gone after."""
+    seen: list[tuple[int, int]] = []
+    unlink = Path.unlink
+
+    def spy(path: Path, missing_ok: bool = False) -> None:  # the file, just before it goes
+        seen.append((path.stat().st_mode & 0o777, path.parent.stat().st_mode & 0o777))
+        unlink(path, missing_ok)
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(Path, "unlink", spy)
+
+    server_ssl_context(ecdsa)
+
+    assert seen == [(0o600, 0o700)]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("versions", [TLS12, TLS13])
+def test_stdlib_sessions_resume_within_one_context(
+    stdlib_context: ssl.SSLContext,
+    ca: Issued,
+    versions: tuple[ssl.TLSVersion, ssl.TLSVersion],
+) -> None:
+    """A client reconnecting with its session resumes it (server-side session cache)."""
+    context = client_context(ca, versions=versions)
+    first = stdlib_handshake(stdlib_context, context)
+    assert first.error is None
+    assert not first.client.session_reused
+
+    second = stdlib_handshake(stdlib_context, context, session=first.client.session)
+
+    assert second.error is None
+    assert second.client.session_reused
+
+
+def test_stdlib_sessions_stay_with_their_context(ecdsa: LoadedCertificate, ca: Issued) -> None:
+    """A session from one context does not resume on another (each has its own cache)."""
+    context = client_context(ca, versions=TLS12)
+    first = stdlib_handshake(server_ssl_context(ecdsa), context)
+
+    second = stdlib_handshake(server_ssl_context(ecdsa), context, session=first.client.session)
 
     assert second.error is None
     assert not second.client.session_reused
