@@ -11,6 +11,8 @@ commands:
   certs     create or inspect the development CA and certificate, or explain a PEM pair
   trust     install the development CA where this machine's browsers and tools look
   doctor    check certificate, trust and backend, and explain what to fix
+  check-config ARGS...
+            validate twistd tlsproxy's options as startup would, and exit (like nginx -t)
 
 Each command has --help. The proxy itself runs under twistd:
   twistd -n tlsproxy --backend http://127.0.0.1:8000
@@ -21,6 +23,7 @@ COMMANDS = {
     "certs": "tlsproxy.tls.command",
     "trust": "tlsproxy.tls.trust",
     "doctor": "tlsproxy.doctor",
+    "check-config": "tlsproxy.check",
 }
 
 

@@ -1,0 +1,49 @@
+"""``python -m tlsproxy check-config ARGS…``: validate a command line as startup would, then exit.
+
+Like ``nginx -t``: the same options, the same rules and the same messages as
+``twistd tlsproxy ARGS…``, with nothing started. Certificates are loaded and checked; without
+``--cert`` the development CA is made or reused exactly as startup would.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TextIO
+
+from twisted.python import usage
+
+from tlsproxy.config import ConfigError, build_config
+from tlsproxy.tap import Options
+
+
+def run(argv: list[str], *, out: TextIO, err: TextIO, now: datetime | None = None) -> int:
+    """0 when ``argv`` would start, 2 with the one-line reason when it would not."""
+    options = Options()
+    try:
+        options.parseOptions(argv)
+    except SystemExit as stop:  # Options turns usage errors into one line; --help exits 0
+        if stop.code in (None, 0):
+            return 0
+        print(stop.code, file=err)
+        return 2
+    except usage.UsageError as e:
+        print(f"tlsproxy: error: {e}", file=err)
+        return 2
+    values = {name.replace("-", "_"): value for name, value in options.items()}
+    try:
+        config = build_config(values, now=now or datetime.now(UTC))
+    except ConfigError as e:
+        print(f"tlsproxy: error: {e}", file=err)
+        return 2
+    certificate = config.certificate
+    print("configuration OK", file=out)
+    print(f"  backend: {config.backend.url}", file=out)
+    for listener in config.listeners:
+        print(f"  listen: {listener.description} (TLS)", file=out)
+    for listener in config.redirect_listeners:
+        print(f"  listen: {listener.description} (plain HTTP, redirects to https)", file=out)
+    for line in certificate.describe():
+        print(f"  {line}", file=out)
+    for warning in certificate.warnings:
+        print(f"  warning: {warning}", file=out)
+    return 0
