@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from tlsproxy.http.exchange import Exchange
 
 IDLE_SECONDS = 1.0
-MAX_IDLE_CONNECTIONS = 256
+MAX_IDLE_CONNECTIONS = 64
 
 
 @dataclass(frozen=True)

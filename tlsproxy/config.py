@@ -68,6 +68,11 @@ class Config:
     tunnel_idle_timeout: float | None = None  # upgraded (websocket) connections; None: no limit
     redirect_listeners: tuple[Listener, ...] = ()  # --redirect-http: plain HTTP, 308 to https
     hsts_seconds: int | None = None  # --hsts: Strict-Transport-Security max-age
+    # Reloaded on SIGHUP; None (tests that build a Config by hand): reload keeps what is loaded.
+    certificate_source: CertificateSource | None = None
+    drain_timeout: float = 30.0  # --drain-timeout: SIGTERM waits this long for exchanges to end
+    notify_socket: str | None = None  # $NOTIFY_SOCKET: where systemd reads sd_notify datagrams
+    watchdog_usec: int | None = None  # $WATCHDOG_USEC, when $WATCHDOG_PID is absent or ours
 
 
 def parse_backend(url: str) -> BackendAddress:
@@ -204,31 +209,51 @@ def _trusted(values: Sequence[str]) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
-def _certificate(
-    options: Mapping[str, Any], hostnames: tuple[str, ...], *, now: datetime
-) -> tuple[LoadedCertificate, DevCertificates | None]:
-    cert, key = options["cert"], options["key"]
-    passphrase_file = options["key_passphrase_file"]
-    passphrase = None
-    if passphrase_file is not None:
+@dataclass(frozen=True)
+class CertificateSource:
+    """Where the certificate comes from: loaded at startup and again, the same way, on reload.
+
+    Startup (:func:`build_config`) and SIGHUP (:mod:`tlsproxy.lifecycle`) both call
+    :meth:`load`, so a file that would stop startup is refused by a reload with the same message.
+    """
+
+    cert: Path | None  # --cert; None: the development certificate in ``certs_dir``
+    key: Path | None  # --key; None: in the --cert file
+    passphrase_file: Path | None  # --key-passphrase-file, read on every load
+    certs_dir: Path
+    hostnames: tuple[str, ...]  # --hostname, for the development certificate
+
+    def load(self, *, now: datetime) -> tuple[LoadedCertificate, DevCertificates | None]:
+        """Read and check every file now; raise :class:`ConfigError` naming the file and fix."""
+        passphrase = None
+        if self.passphrase_file is not None:
+            try:
+                passphrase = self.passphrase_file.read_bytes().rstrip(b"\r\n")
+            except OSError as e:
+                raise ConfigError(
+                    f"--key-passphrase-file {self.passphrase_file}: cannot read it ({e.strerror})"
+                ) from None
         try:
-            passphrase = Path(passphrase_file).read_bytes().rstrip(b"\r\n")
-        except OSError as e:
-            raise ConfigError(
-                f"--key-passphrase-file {passphrase_file}: cannot read it ({e.strerror})"
-            ) from None
+            if self.cert is not None:
+                return load_certificate(self.cert, self.key, passphrase=passphrase, now=now), None
+            dev = ensure_dev_certificates(self.certs_dir, self.hostnames, now=now)
+            return load_certificate(dev.cert_path, dev.key_path, now=now), dev
+        except CertificateError as e:
+            raise ConfigError(str(e)) from None
+
+
+def _certificate_source(options: Mapping[str, Any]) -> CertificateSource:
+    cert, key = options["cert"], options["key"]
     if key is not None and cert is None:
         raise ConfigError("--key needs --cert too (or give neither for a development certificate)")
-    try:
-        if cert is not None:
-            loaded = load_certificate(
-                Path(cert), Path(key) if key else None, passphrase=passphrase, now=now
-            )
-            return loaded, None
-        dev = ensure_dev_certificates(Path(options["certs_dir"]), hostnames, now=now)
-        return load_certificate(dev.cert_path, dev.key_path, now=now), dev
-    except CertificateError as e:
-        raise ConfigError(str(e)) from None
+    passphrase_file = options["key_passphrase_file"]
+    return CertificateSource(
+        cert=Path(cert) if cert is not None else None,
+        key=Path(key) if key else None,
+        passphrase_file=Path(passphrase_file) if passphrase_file is not None else None,
+        certs_dir=Path(options["certs_dir"]),
+        hostnames=_hostnames(options["hostname"]),
+    )
 
 
 def _check_log_file(path: Path) -> None:
@@ -241,8 +266,44 @@ def _check_log_file(path: Path) -> None:
         raise ConfigError(f"--access-log {path}: not writable by this user")
 
 
-def build_config(options: Mapping[str, Any], *, now: datetime) -> Config:
-    """Validate parsed command-line options; raise :class:`ConfigError` on the first problem."""
+def systemd_environment(environ: Mapping[str, str], *, pid: int) -> tuple[str | None, int | None]:
+    """``NOTIFY_SOCKET`` and ``WATCHDOG_USEC`` as systemd sets them: (socket, microseconds).
+
+    The watchdog belongs to process ``WATCHDOG_PID`` when that is set (a wrapper that forked
+    us may have passed it on); pinging for another process would only confuse systemd.
+    """
+    notify_socket = environ.get("NOTIFY_SOCKET") or None
+    if notify_socket is not None and not notify_socket.startswith(("/", "@")):
+        raise ConfigError(
+            f"NOTIFY_SOCKET={notify_socket!r} is not a socket tlsproxy can notify "
+            "(a /path or an @abstract name); unset it, or let systemd set it (Type=notify)"
+        )
+    raw = environ.get("WATCHDOG_USEC")
+    if not raw or notify_socket is None:
+        return notify_socket, None
+    watchdog_pid = environ.get("WATCHDOG_PID")
+    if watchdog_pid and watchdog_pid != str(pid):
+        return notify_socket, None
+    try:
+        usec = int(raw)
+    except ValueError:
+        usec = 0
+    if usec <= 0:
+        raise ConfigError(
+            f"WATCHDOG_USEC={raw!r} is not a positive number of microseconds; "
+            "check WatchdogSec= in the unit"
+        )
+    return notify_socket, usec
+
+
+def build_config(
+    options: Mapping[str, Any], *, now: datetime, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Validate parsed command-line options; raise :class:`ConfigError` on the first problem.
+
+    ``environ`` is the process environment (only systemd's notify variables are read from it);
+    None means none of them, as for a run outside systemd.
+    """
     if not options["backend"]:
         raise ConfigError(
             "--backend is required: the URL of your plain-HTTP app, "
@@ -264,12 +325,16 @@ def build_config(options: Mapping[str, Any], *, now: datetime) -> Config:
     access_log = options["access_log"]
     if access_log not in (None, "-"):
         _check_log_file(Path(access_log))
-    certificate, dev = _certificate(options, _hostnames(options["hostname"]), now=now)
+    notify_socket, watchdog_usec = systemd_environment(environ or {}, pid=os.getpid())
+    source = _certificate_source(options)
+    certificate, dev = source.load(now=now)
     return Config(
         backend=backend,
         listeners=listeners,
         certificate=certificate,
         dev_certificates=dev,
+        certificate_source=source,
+        drain_timeout=_positive(options, "drain-timeout"),
         limits=limits,
         access_log=access_log,
         trusted_proxies=trusted,
@@ -283,4 +348,6 @@ def build_config(options: Mapping[str, Any], *, now: datetime) -> Config:
             if options.get("tunnel_idle_timeout") is not None
             else None
         ),
+        notify_socket=notify_socket,
+        watchdog_usec=watchdog_usec,
     )

@@ -184,7 +184,15 @@ def listen_all(
     for listener in listeners:
         try:
             endpoint = serverFromString(reactor, listener.description)
-        except (ValueError, TypeError, KeyError) as e:
+        except (IndexError, KeyError) as e:
+            if listener.description.startswith("systemd:"):
+                raise ListenError(
+                    f"--listen {listener.description!r}: systemd passed no such socket "
+                    "(LISTEN_FDS/LISTEN_FDNAMES); start tlsproxy from a .socket unit or "
+                    "systemd-socket-activate"
+                ) from None
+            raise ListenError(f"--listen {listener.description!r} is not valid: {e}") from None
+        except (ValueError, TypeError) as e:
             raise ListenError(f"--listen {listener.description!r} is not valid: {e}") from None
         outcome: list[Any] = []
         endpoint.listen(factory).addBoth(outcome.append)

@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import ssl
 import sys
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TextIO
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtocolFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from tlsproxy.accesslog import AccessLog
 from tlsproxy.backend import BackendPool
 from tlsproxy.config import Config
 from tlsproxy.deadline import DeadlineSweeper
 from tlsproxy.frameworks import hint_lines
-from tlsproxy.http.h1 import FrontSettings
+from tlsproxy.http.h1 import FrontSettings, H1Connection
 from tlsproxy.http.h2 import H2Connection
 from tlsproxy.http.redirect import RedirectFactory
+from tlsproxy.lifecycle import Drain, ReloadFailed, ReloadSignal, attempt_reload, exit_cleanly
 from tlsproxy.listen import (
+    FrontConnection,
     FrontFactory,
     ListenError,
     Takeover,
@@ -30,7 +35,10 @@ from tlsproxy.listen import (
     tls_factory,
     url_of,
 )
+from tlsproxy.systemd import SystemdNotifier
+from tlsproxy.tls.certstore import LoadedCertificate
 from tlsproxy.tls.devca import trust_instructions
+from tlsproxy.tls.memorytls import MemoryTLSFactory
 from tlsproxy.tls.policy import (
     HTTP1_ALPN,
     HTTP2_ALPN,
@@ -40,6 +48,9 @@ from tlsproxy.tls.policy import (
 )
 
 log = Logger()
+
+#: What the TLS factory makes handshakes with: a stdlib context or a pyOpenSSL creator.
+ServerTLS = ssl.SSLContext | IOpenSSLServerConnectionCreator
 
 
 class ProxyService(Service):
@@ -85,10 +96,19 @@ class ProxyService(Service):
         )
         self.ports: list[Any] = []
         self.redirect_ports: list[Any] = []
+        self.certificate = config.certificate  # what new handshakes use; replaced by reloads
+        self._tls: IProtocolFactory | None = None
+        self._reload_signal = ReloadSignal(reactor=reactor, reload=self.reload_certificates)
+        self.notifier = SystemdNotifier(
+            notify_socket=config.notify_socket,
+            watchdog_usec=config.watchdog_usec,
+            clock=reactor,
+            status=self._status,
+        )
 
     def privilegedStartService(self) -> None:
         # Bind before twistd drops privileges, so --port 443 works when started as root.
-        tls = self._tls_factory()
+        tls = self._tls = self._tls_factory()
         try:
             self.ports = listen_all(self._reactor, self.config.listeners, tls)
             if self.config.redirect_listeners:
@@ -109,12 +129,73 @@ class ProxyService(Service):
 
     def _tls_factory(self) -> IProtocolFactory:
         """The front's TLS layer, by the engine policy.TLS_ENGINE names."""
-        certificate = self.config.certificate
+        server_tls = self._server_tls(self.certificate)
+        if isinstance(server_tls, ssl.SSLContext):
+            return memory_tls_factory(server_tls, self.front)
+        return tls_factory(server_tls, self.front)
+
+    def _server_tls(self, certificate: LoadedCertificate) -> ServerTLS:
+        """Handshake state for ``certificate``, built completely now (a bad pair fails here)."""
         if TLS_ENGINE == "stdlib":
-            return memory_tls_factory(server_ssl_context(certificate, alpn=self.alpn), self.front)
+            return server_ssl_context(certificate, alpn=self.alpn)
         if TLS_ENGINE == "pyopenssl":
-            return tls_factory(server_connection_creator(certificate, alpn=self.alpn), self.front)
+            return server_connection_creator(certificate, alpn=self.alpn)
         raise ValueError(f"unknown TLS_ENGINE {TLS_ENGINE!r}: 'pyopenssl' or 'stdlib'")
+
+    def reload_certificates(self) -> bool:
+        """SIGHUP: load every certificate file again; new handshakes get them only if all loaded.
+
+        Open connections keep the certificate they handshook with. True if the new one serves.
+        """
+        self._on_reload_start()
+        outcome = attempt_reload(self._load_certificate)
+        if isinstance(outcome, ReloadFailed):
+            log.error(
+                "reload failed, still serving the previous certificate: {reason}",
+                reason=outcome.reason,
+            )
+            self._on_reload_end(ok=False)
+            return False
+        certificate, server_tls = outcome.state
+        self._swap(server_tls)
+        self.certificate = certificate
+        log.info(
+            "reloaded certificates: {names}, expires {expires}, sha256 {fingerprint}",
+            names=", ".join(certificate.names) or "(no subjectAltName)",
+            expires=f"{certificate.not_after:%Y-%m-%d}",
+            fingerprint=certificate.fingerprint_sha256,
+        )
+        for warning in certificate.warnings:
+            log.warn("warning: {warning}", warning=warning)
+        self._on_reload_end(ok=True)
+        return True
+
+    def _load_certificate(self) -> tuple[LoadedCertificate, ServerTLS]:
+        """The startup loading again (:meth:`CertificateSource.load`), then its TLS state."""
+        source = self.config.certificate_source
+        if source is None:
+            raise ValueError("this configuration names no certificate files to reload")
+        now = datetime.fromtimestamp(self._reactor.seconds(), UTC)
+        certificate, _ = source.load(now=now)  # development certificates are renewed here too
+        return certificate, self._server_tls(certificate)
+
+    def _swap(self, server_tls: ServerTLS) -> None:
+        """One reference replaced: handshakes from now on use ``server_tls``."""
+        tls = self._tls
+        if isinstance(tls, MemoryTLSFactory) and isinstance(server_tls, ssl.SSLContext):
+            tls.context = server_tls
+        elif isinstance(tls, TLSMemoryBIOFactory) and not isinstance(server_tls, ssl.SSLContext):
+            # What TLSMemoryBIOFactory.__init__ derives from its creator, each handshake's source.
+            tls._creatorCallable = server_tls.serverConnectionForTLS
+        # No factory yet (not listening): _tls_factory will use self.certificate.
+
+    def _on_reload_start(self) -> None:
+        """Hook: a reload begins (systemd: RELOADING=1)."""
+        self.notifier.reloading()
+
+    def _on_reload_end(self, ok: bool) -> None:
+        """Hook: a reload ended, ``ok`` if the new certificate serves (systemd: READY=1)."""
+        self.notifier.ready()  # after a failed reload too: the previous certificate serves
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -122,25 +203,44 @@ class ProxyService(Service):
             self._flush_log.start(1.0, now=False)
         for line in self._banner():
             log.info("{line}", line=line)
+        self._reload_signal.install()  # twistd leaves SIGHUP deadly; here it reloads
+        self.notifier.ready()  # systemd: READY=1, after every listener is open
 
     def stopService(self) -> defer.Deferred[None]:
+        self.notifier.stopping()  # systemd: STOPPING=1, before anything closes
         super().stopService()  # type: ignore[no-untyped-call]
-        self.pool.close_idle()
         stopped = [
             defer.maybeDeferred(port.stopListening) for port in self.ports + self.redirect_ports
         ]
-        for connection in list(self.front.connections):
-            connection.close()
+        drain = Drain(
+            clock=self._reactor,
+            connections=self.front.connections,
+            end_gracefully=_end_gracefully,
+            abort=_abort,
+            timeout=self.config.drain_timeout,
+        )
+        drained = drain.start().addCallback(self._drained)
+        return defer.gatherResults([*stopped, drained]).addCallback(lambda _: None)
+
+    def _drained(self, _: None) -> None:
+        """Every connection has ended (or was cut off at --drain-timeout): release the rest."""
+        self._reload_signal.uninstall()
+        self.pool.close_idle()
         if self._flush_log.running:
             self._flush_log.stop()
         self._flush_access_log()
         if self._log_stream is not None and self._log_stream is not sys.stdout:
             self._log_stream.close()
-        return defer.gatherResults(stopped).addCallback(lambda _: None)
+        exit_cleanly(self._reactor)
 
     def _flush_access_log(self) -> None:
         if self.access_log is not None:
             self.access_log.flush()
+
+    def _status(self) -> str:
+        """The one line ``systemctl status`` shows: where we serve, and how busy we are."""
+        where = ", ".join(url_of(port) for port in self.ports) or "nothing"
+        return f"serving {where}; {len(self.front.connections)} connections"
 
     def _https_port(self) -> int:
         for port in self.ports:
@@ -169,6 +269,21 @@ class ProxyService(Service):
             lines += list(dev.messages)
             lines += trust_instructions(dev.ca_cert_path, url=url or "https://localhost:PORT/")
         return lines
+
+
+def _end_gracefully(connection: FrontConnection) -> None:
+    """Shutdown, politely: HTTP/1.1 closes after its exchange, HTTP/2 sends GOAWAY."""
+    if isinstance(connection, H1Connection):
+        connection.drain()
+    else:
+        connection.close()
+
+
+def _abort(connection: FrontConnection) -> None:
+    """Shutdown deadline: reset TCP under TLS, so that a cut-off response looks truncated."""
+    transport: Any = connection.transport
+    if transport is not None:
+        getattr(transport, "transport", transport).abortConnection()
 
 
 def build_service(config: Config, *, reactor: Any) -> ProxyService:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -79,6 +80,12 @@ class Options(usage.Options):
         ],
         ["hsts", None, None, "Add Strict-Transport-Security: max-age=SECONDS to every response."],
         [
+            "drain-timeout",
+            None,
+            "30",
+            "Seconds SIGTERM lets in-flight requests finish before cutting them off.",
+        ],
+        [
             "tunnel-idle-timeout",
             None,
             None,
@@ -135,7 +142,7 @@ def makeService(options: Options) -> IService:
 
     try:
         values = {name.replace("-", "_"): value for name, value in options.items()}
-        config = build_config(values, now=datetime.now(UTC))
+        config = build_config(values, now=datetime.now(UTC), environ=os.environ)
     except ConfigError as e:
         print(f"tlsproxy: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

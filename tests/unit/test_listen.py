@@ -142,3 +142,16 @@ def test_invalid_description_is_named() -> None:
     with pytest.raises(ListenError) as caught:
         listen_all(MemoryReactor(), [Listener("tcp:notaport")], tls())
     assert str(caught.value).startswith("--listen 'tcp:notaport' is not valid")
+
+
+def test_systemd_listener_without_an_inherited_socket_says_how_to_start_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--listen systemd:... outside socket activation is one line naming systemd's variables
+    and the way to start it, not an IndexError traceback."""
+    monkeypatch.delenv("LISTEN_FDS", raising=False)
+    monkeypatch.delenv("LISTEN_FDNAMES", raising=False)
+    with pytest.raises(ListenError) as caught:
+        listen_all(MemoryReactor(), [Listener("systemd:domain=INET:index=0")], tls())
+    assert "LISTEN_FDS" in str(caught.value)
+    assert "systemd-socket-activate" in str(caught.value)

@@ -11,6 +11,9 @@ Rules:
    request head is arriving (and during the TLS handshake), ``--idle-timeout`` between requests,
    ``--backend-timeout`` without progress while an exchange runs.
 3. All writes of one backend read leave in one TLS write (``flush``): TLS records cost per write.
+4. Shutdown (:meth:`drain`): an idle connection closes at once; one with an exchange in flight
+   answers it, with ``Connection: close`` when its head has not gone out yet, then closes.
+   Requests pipelined behind it are not answered (the client retries them elsewhere).
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class H1Connection(Protocol):
     # Protocol base still gives each instance a small dict, for ``transport``).
     __slots__ = (
         "_closing",
+        "_draining",
         "_exchange",
         "_head_bytes",
         "_headers",
@@ -126,6 +130,7 @@ class H1Connection(Protocol):
         self._http10 = False
         self._method = b""
         self._closing = False
+        self._draining = False  # shutting down: the response in flight is the last one
         self._upgrade_data: bytes | None = None  # what the client sent after asking
         self._tunnel: Relay | None = None
         self._read_nothing_more = False  # what followed the held requests could not be parsed
@@ -333,7 +338,7 @@ class H1Connection(Protocol):
             lines = b"Host: " + settings.pool.address.authority + b"\r\n" + lines
         request = b"%s %s HTTP/1.1\r\n%s%s\r\n" % (method, target, lines, framing)
         # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing; close after.
-        close_after = not keep_alive or (self._http10 and head.chunked)
+        close_after = not keep_alive or (self._http10 and head.chunked) or self._draining
         self._response.start(http10=self._http10, close_after=close_after)
         self.deadline = self._sweeper.now + settings.backend_timeout
         exchange = Exchange(
@@ -531,6 +536,23 @@ class H1Connection(Protocol):
             reason=reason,
         )
         self.close()
+
+    def drain(self) -> None:
+        """Shutting down: close now if idle, else after the exchange in flight (rule 4).
+
+        A tunnel is left alone: it has no end to wait for, and the drain deadline closes it.
+        """
+        if self._closing or self._draining:
+            return
+        self._draining = True
+        if self._tunnel is not None:
+            return
+        if self._exchange is None and self._phase != HEAD:
+            self.close()
+            return
+        # Sent as Connection: close if the response head has not gone out yet (a head still
+        # arriving gets it from _request_head_received); either way _next_request then closes.
+        self._response.close_after = True
 
     def close(self) -> None:
         """Send what is pending, then end the connection with TLS close_notify."""
