@@ -257,8 +257,9 @@ SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
         Scenario("keepalive", "keep-alive 100 B GET", "req/s", keepalive, 0.40, "ratio"),
-        Scenario("h2-keepalive", "h2 keep-alive 100 B GET", "req/s", h2_keepalive, 0.25,
-                 "ratio"),
+        # Issue 3 asks for the h2 figure beside nginx, not for a target.
+        Scenario("h2-keepalive", "h2 keep-alive 100 B GET", "req/s", h2_keepalive, 0.0,
+                 "figure"),
         Scenario("get-1m", "1 MiB GET throughput", "MiB/s", get_1m, 0.70, "ratio"),
         Scenario("post-10m", "10 MiB POST throughput", "MiB/s", post_10m, 0.70, "ratio"),
         Scenario("handshakes", "new TLS conns (P-256, full)", "conn/s", handshakes, 0.80,
