@@ -26,6 +26,7 @@ class Relay:
     close_client: Callable[[], None]
     close_backend: Callable[[], None]
     activity: Callable[[], None]
+    finish_client: Callable[[], None] | None = None  # end sending only (else close_client)
     client_open: bool = True  # we may still write to the client
     backend_open: bool = True  # we may still write to the backend
 
@@ -57,4 +58,4 @@ class Relay:
         """The backend half-closed: the client is told (TLS close_notify) and may still send."""
         if self.client_open:
             self.client_open = False
-            self.close_client()
+            (self.finish_client or self.close_client)()

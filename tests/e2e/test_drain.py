@@ -90,6 +90,27 @@ def test_drain_timeout_cuts_off_what_is_left(proxy_factory: ProxyFactory, backen
     assert "--drain-timeout passed: aborting 1 connection(s)" in proxy.output()
 
 
+def test_drain_at_the_connection_limit_leaves_no_traceback(
+    proxy_factory: ProxyFactory, backend: Backend
+) -> None:
+    """At --max-connections the ports stop reading; connections ending during the drain must
+    not ask the closed ports to read again (that was an "Unhandled Error" traceback)."""
+    go_on = _slow_backend(backend)
+    proxy = proxy_factory("--max-connections", "2", "--drain-timeout", "5")
+    with RawClient(proxy.connect()) as idle, RawClient(proxy.connect()) as busy:
+        idle.send(request_bytes(target="/first"))
+        assert idle.read_response().status == 200
+        busy.send(request_bytes(target="/slow"))
+        backend.wait_for_requests(2)
+        proxy.process.send_signal(signal.SIGTERM)
+        assert idle.wait_closed(2) == CLEAN_CLOSE
+        go_on.set()
+        assert busy.read_response().status == 200
+    assert proxy.process.wait(5) == 0
+    assert "Unhandled Error" not in proxy.output()
+    assert "Traceback" not in proxy.output()
+
+
 def _stream_after_goaway(
     client: RawH2, stream_id: int, timeout: float = 5.0
 ) -> tuple[dict[bytes, bytes], bytes, bool]:

@@ -401,14 +401,28 @@ class H1Connection(Protocol):
 
     def start_tunnel(self, backend: BackendConnection, backend_data: bytes) -> None:
         """The backend switched protocols: from now on bytes pass both ways untouched."""
+        if self._pipeline is not None:  # llhttp read on as HTTP: these bytes are no tunnel's
+            self.abort()
+            backend.abort()
+            return
         self.flush()
         self._log_exchange()
         transport: Any = self.transport
         tunnel_idle = self._settings.tunnel_idle_timeout
+        limit = tunnel_idle
 
         def activity() -> None:
-            if tunnel_idle is not None:
-                self.deadline = self._sweeper.now + tunnel_idle
+            if limit is not None:
+                self.deadline = self._sweeper.now + limit
+
+        def finish_client() -> None:
+            # The backend is done sending: close_notify to the client, whose bytes still flow
+            # to the backend (relay rule 3), with back-pressure, for as long as it keeps sending.
+            nonlocal limit
+            limit = tunnel_idle if tunnel_idle is not None else self._settings.idle_timeout
+            transport.unregisterProducer()
+            transport.loseConnection()
+            activity()
 
         relay = Relay(
             write_client=transport.write,
@@ -416,6 +430,7 @@ class H1Connection(Protocol):
             close_client=self.close,
             close_backend=backend.close,
             activity=activity,
+            finish_client=finish_client,
         )
         self._tunnel = backend.tunnel = relay
         self._phase = TUNNEL

@@ -232,7 +232,9 @@ class H2Connection(Protocol):
         stream = self.streams.get(event.stream_id)
         if stream is not None:
             stream.reset_by_client()
-        if event.remote_reset:
+        # Count resets the client sent and those it made us send (a frame on a closed stream:
+        # "MadeYouReset", CVE-2025-8671): either way a request was started and thrown away.
+        if event.remote_reset or stream is not None:
             self._start_window()
             self._resets += 1
             if self._resets > self.limits.max_resets:

@@ -230,7 +230,10 @@ def check_request_head(
         host=host,
         chunked=chunked,
         content_length=content_length,
-        upgrade=upgrade if b"upgrade" in connection_tokens else None,
+        # As llhttp decides: an upgrade needs "Connection: upgrade" and a non-empty Upgrade.
+        upgrade=upgrade
+        if b"upgrade" in connection_tokens and upgrade and upgrade.strip()
+        else None,
     )
 
 

@@ -59,6 +59,7 @@ class MemoryTLS(Protocol):
         "_open",
         "_outgoing",
         "_producing",
+        "_reading",
         "_reason",
         "_tls",
         "_unread",

@@ -718,3 +718,21 @@ def test_connection_loss_stops_every_exchange(pair: H2Pair) -> None:
     assert first.aborted
     assert second.aborted
     assert closed == [pair.server]
+
+
+def test_streams_the_client_makes_us_reset_count_as_resets(proxy: Proxy) -> None:
+    """ "MadeYouReset" (CVE-2025-8671): a DATA frame after END_STREAM makes the server reset the
+    stream itself; those resets count toward the same limit and end in GOAWAY."""
+    from hyperframe.frame import DataFrame
+
+    pair = connect(proxy, limits=H2Limits(max_resets=5))
+    for _ in range(8):
+        stream = pair.request(b"/slow")
+        pair.server.dataReceived(pair.client.data_to_send())
+        pair.server.dataReceived(DataFrame(stream, data=b"x").serialize())
+        back = pair.transport.take()
+        if back:
+            pair._note(pair.client.receive_data(back))
+        if pair.terminated:
+            break
+    assert [t.error_code for t in pair.terminated] == [ErrorCodes.ENHANCE_YOUR_CALM]

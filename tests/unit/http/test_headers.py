@@ -379,3 +379,10 @@ def test_trailers_lose_framing_routing_forwarding_and_control_fields() -> None:
         (b"x-checksum-sha256", b"def"),
     ]
     assert clean_trailers(trailers) == [(b"X-Checksum", b"abc"), (b"x-checksum-sha256", b"def")]
+
+
+def test_an_empty_upgrade_is_no_upgrade() -> None:
+    """llhttp does not switch protocols for "Upgrade:" with an empty value, so neither do we:
+    a 101 to it would start a tunnel while the parser reads on as HTTP."""
+    head = check([(b"Host", b"a"), (b"Connection", b"upgrade"), (b"Upgrade", b" ")])
+    assert head.upgrade is None
