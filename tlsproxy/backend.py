@@ -12,20 +12,40 @@ Rules:
    failure once, for a request without body.
 3. ``localhost`` means 127.0.0.1 or ::1, whichever the app listens on: both are tried, and the one
    that answered is tried first next time.
+4. An ``https://`` backend is a TCP connection with TLS under the same parser: the connection is
+   handed to an exchange only after the handshake, so a certificate that does not verify is a
+   502 saying so (not "closed without answering"), and it is final: the address answered, so
+   trying the other loopback address would only hide why.
+5. A ``unix:`` backend is a stream socket file; everything above the transport is the same.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httptools
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import error as net_error
+from twisted.internet import ssl
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IProtocolFactory,
+    IReactorTCP,
+    IReactorTime,
+    IReactorUNIX,
+)
 from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -41,6 +61,15 @@ MAX_IDLE_CONNECTIONS = 64
 
 
 @dataclass(frozen=True)
+class BackendTLS:
+    """How to speak TLS to an ``https://`` backend (rule 4)."""
+
+    server_name: str  # sent as SNI and verified against the certificate (a name or an IP)
+    ca_pem: bytes | None = None  # --backend-ca: the certificates trusted; None: the system store
+    verify: bool = True  # False only with --insecure-backend
+
+
+@dataclass(frozen=True)
 class BackendAddress:
     """A parsed ``--backend`` URL."""
 
@@ -48,18 +77,71 @@ class BackendAddress:
     host: str  # hostname or IP literal, without brackets
     port: int
     path_prefix: bytes  # b"" or b"/prefix" (no trailing slash)
+    tls: BackendTLS | None = None  # https:// backends
+    socket_path: str | None = None  # unix: backends (absolute); host and port are then unused
 
     @property
     def authority(self) -> bytes:
-        """``host:port`` for a Host header (IPv6 in brackets)."""
+        """``host:port`` for a Host header (IPv6 in brackets); ``localhost`` for a unix socket."""
+        if self.socket_path is not None:
+            return b"localhost"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}".encode("idna")
 
     def candidates(self) -> list[str]:
         """The hosts to try, in order: ``localhost`` is both loopback addresses."""
+        if self.socket_path is not None:
+            return [self.socket_path]
         if self.host.lower() in ("localhost", "localhost."):
             return ["127.0.0.1", "::1"]
         return [self.host]
+
+
+def client_tls(tls: BackendTLS) -> IOpenSSLClientConnectionCreator:
+    """The TLS client side for ``tls``: verified with service-identity unless told otherwise.
+
+    Built once per pool: the context (and the trust store it loads) is shared by every
+    connection.
+    """
+    if not tls.verify:
+        return _UnverifiedClientTLS(tls.server_name)
+    trust_root: Any = ssl.platformTrust()
+    if tls.ca_pem is not None:
+        trust_root = ssl.trustRootFromCertificates(
+            [
+                ssl.Certificate.loadPEM(cert.public_bytes(Encoding.PEM))
+                for cert in x509.load_pem_x509_certificates(tls.ca_pem)
+            ]
+        )
+    return ssl.optionsForClientTLS(
+        tls.server_name, trustRoot=trust_root, acceptableProtocols=[b"http/1.1"]
+    )
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _UnverifiedClientTLS:
+    """--insecure-backend: TLS without checking the certificate, still sending SNI.
+
+    ``optionsForClientTLS`` always verifies, and a bare ``CertificateOptions`` sends no SNI (a
+    backend serving several names would answer with the wrong certificate, or refuse).
+    """
+
+    def __init__(self, server_name: str) -> None:
+        options = ssl.CertificateOptions(verify=False, acceptableProtocols=[b"http/1.1"])
+        self._context = options.getContext()
+        self._sni: bytes | None = None
+        try:
+            ipaddress.ip_address(server_name)
+        except ValueError:  # SNI carries names only (RFC 6066, section 3)
+            self._sni = server_name.encode("idna")
+
+    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:  # noqa: N803
+        connection = SSL.Connection(self._context, None)
+        connection.set_app_data(tlsProtocol)
+        if self._sni is not None:
+            connection.set_tlsext_host_name(self._sni)
+        connection.set_connect_state()
+        return connection
 
 
 class _HeadResponseDone(Exception):
@@ -70,7 +152,7 @@ class _DataAfterResponse(Exception):
     """Raised from the parser's callback when bytes follow a complete response in one read."""
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class BackendConnection(Protocol):
     """HTTP/1.1 to the backend: writes request bytes, parses responses, reports to the exchange.
 
@@ -79,8 +161,9 @@ class BackendConnection(Protocol):
     uses the connection next.
     """
 
-    def __init__(self, pool: BackendPool) -> None:
+    def __init__(self, pool: BackendPool, *, tls: bool = False) -> None:
         self.pool = pool
+        self._tls = tls  # the transport is TLS over TCP: ready only after the handshake
         self.exchange: Exchange | None = None
         self.is_connected = False
         self.idle_since = 0.0
@@ -97,6 +180,8 @@ class BackendConnection(Protocol):
         self._paused_front = False
         self._reading_paused = False
         self.on_connected: Callable[[BackendConnection], None] | None = None
+        # Called instead of on_connected when the connection ends before it was ready (TLS).
+        self.on_failed: Callable[[Failure], None] | None = None
 
     # -- used by the exchange ------------------------------------------------------------------
 
@@ -141,9 +226,22 @@ class BackendConnection(Protocol):
     def connectionMade(self) -> None:
         self.is_connected = True
         transport: Any = self.transport
-        transport.setTcpNoDelay(True)
+        # Under TLS, Nagle and eager sends belong to the socket below (never to the TLS layer,
+        # whose write must encrypt); a unix socket has no Nagle.
+        raw = transport.transport if self._tls else transport
+        if self.pool.address.socket_path is None:
+            raw.setTcpNoDelay(True)
         transport.registerProducer(self, True)
-        eagerwrite.install(transport)
+        eagerwrite.install(raw)
+        if not self._tls:
+            self._ready()
+
+    def handshakeCompleted(self) -> None:
+        """TLS is up and the certificate verified (rule 4): the connection can carry requests."""
+        self._ready()
+
+    def _ready(self) -> None:
+        self.on_failed = None
         if self.on_connected is not None:
             on_connected, self.on_connected = self.on_connected, None
             on_connected(self)
@@ -210,6 +308,10 @@ class BackendConnection(Protocol):
 
     def connectionLost(self, reason: Failure = net_error.ConnectionDone) -> None:  # type: ignore[assignment]
         self.is_connected = False
+        if self.on_failed is not None:  # it never became ready: the TLS handshake failed
+            on_failed, self.on_failed, self.on_connected = self.on_failed, None, None
+            on_failed(reason)
+            return
         if self.tunnel is not None:
             self.exchange = None
             self.tunnel.backend_ended()
@@ -297,8 +399,11 @@ class _Attempt(ClientFactory):
         self.hosts = hosts  # this one first; each exchange keeps its own order (rule 3)
 
     def buildProtocol(self, addr: Any) -> BackendConnection:
-        connection = BackendConnection(self.pool)
+        tls = self.pool.address.tls
+        connection = BackendConnection(self.pool, tls=tls is not None)
         connection.on_connected = self._connected
+        if tls is not None:
+            connection.on_failed = self._handshake_failed
         return connection
 
     def _connected(self, connection: BackendConnection) -> None:
@@ -307,6 +412,14 @@ class _Attempt(ClientFactory):
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         self.failed(reason)
+
+    def _handshake_failed(self, reason: Failure) -> None:
+        """Final (rule 4): this address answered, so it is the backend, and it failed TLS."""
+        if self.exchange.response_done:  # the client left while we were connecting
+            return
+        tls = self.pool.address.tls
+        assert tls is not None
+        self.exchange.backend_failed(describe_tls_failure(reason, tls, port=self.pool.address.port))
 
     def failed(self, reason: Failure) -> None:
         if len(self.hosts) > 1:
@@ -332,6 +445,7 @@ class BackendPool:
         self._connect_timeout = connect_timeout
         self._idle: list[BackendConnection] = []
         self._hosts = address.candidates()
+        self._client_tls = client_tls(address.tls) if address.tls is not None else None
 
     def acquire(self, exchange: Exchange) -> None:
         """Give ``exchange`` a connection, now (``backend_ready``) or when one is made."""
@@ -378,6 +492,15 @@ class BackendPool:
     def connect(self, exchange: Exchange, hosts: tuple[str, ...]) -> None:
         """Open a new connection for ``exchange``, trying ``hosts`` in order."""
         attempt = _Attempt(self, exchange, hosts)
+        if self.address.socket_path is not None:
+            IReactorUNIX(self._reactor).connectUNIX(
+                hosts[0], attempt, timeout=self._connect_timeout
+            )
+            return
+        factory: IProtocolFactory = attempt
+        if self._client_tls is not None:
+            # What connectSSL does, but usable with the endpoint below too: one path for both.
+            factory = TLSMemoryBIOFactory(self._client_tls, True, attempt)
         try:
             ipaddress.ip_address(hosts[0])
         except ValueError:  # a host name: let the endpoint resolve it (both families)
@@ -387,11 +510,48 @@ class BackendPool:
                 self.address.port,
                 timeout=self._connect_timeout,
             )
-            endpoint.connect(attempt).addErrback(attempt.failed)
+            endpoint.connect(factory).addErrback(attempt.failed)
             return
         self._reactor.connectTCP(
-            hosts[0], self.address.port, attempt, timeout=self._connect_timeout
+            hosts[0],
+            self.address.port,
+            factory,  # type: ignore[arg-type]
+            timeout=self._connect_timeout,
         )
+
+
+def describe_tls_failure(reason: Failure, tls: BackendTLS, *, port: int) -> str:
+    """Why the TLS handshake with the backend failed, and the flag that fixes it, in words."""
+    name = tls.server_name
+    testing = "or, for testing only, --insecure-backend"
+    if reason.check(VerificationError):
+        return (
+            f"presented a certificate that did not verify for {name}: it is not issued to "
+            f"that name; connect by a name the certificate holds, or set the name to check "
+            f"with --backend-server-name, {testing}"
+        )
+    error = reason.value
+    if isinstance(error, SSL.Error):
+        said = _openssl_reasons(error)
+        if "certificate verify failed" in said:
+            trusted = "the --backend-ca file" if tls.ca_pem is not None else "the system store"
+            return (
+                f"presented a certificate that did not verify for {name} (not signed by a CA "
+                f"in {trusted}, self-signed, or expired); give the CA that signed it with "
+                f"--backend-ca PEM, {testing}"
+            )
+        return (
+            f"failed the TLS handshake ({said or 'no reason given'}); is it serving https "
+            f"on port {port}, or plain http (then use an http:// --backend)?"
+        )
+    return "closed the connection during the TLS handshake; is it serving https there?"
+
+
+def _openssl_reasons(error: SSL.Error) -> str:
+    """The reason strings of a pyOpenSSL error (its args are a list of (lib, func, reason))."""
+    entries = error.args[0] if error.args and isinstance(error.args[0], list) else []
+    reasons = [str(entry[-1]) for entry in entries if isinstance(entry, tuple) and entry]
+    return ", ".join(reasons) or str(error)
 
 
 def _describe_connect_failure(reason: Failure) -> str:
@@ -401,5 +561,10 @@ def _describe_connect_failure(reason: Failure) -> str:
         return "connection timed out"
     if reason.check(net_error.DNSLookupError):
         return "host name not found"
+    error = reason.value
+    if isinstance(error, net_error.ConnectError) and error.osError == errno.ENOENT:
+        return "no socket file at that path"  # unix: the app has not made it (yet)
+    if isinstance(error, net_error.ConnectError) and error.osError == errno.EACCES:
+        return "permission denied on the socket file (or a directory above it)"
     message = reason.getErrorMessage()
     return message.splitlines()[0] if message else reason.type.__name__  # type: ignore[union-attr]

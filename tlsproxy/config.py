@@ -7,6 +7,7 @@ before anything listens.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import os
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tlsproxy.backend import BackendAddress
+from cryptography import x509
+
+from tlsproxy.backend import BackendAddress, BackendTLS
 from tlsproxy.http.headers import IPNetwork
 from tlsproxy.tls.certstore import CertificateError, LoadedCertificate, load_certificate
 from tlsproxy.tls.devca import DevCertificates, ensure_dev_certificates
@@ -73,20 +76,27 @@ class Config:
     drain_timeout: float = 30.0  # --drain-timeout: SIGTERM waits this long for exchanges to end
     notify_socket: str | None = None  # $NOTIFY_SOCKET: where systemd reads sd_notify datagrams
     watchdog_usec: int | None = None  # $WATCHDOG_USEC, when $WATCHDOG_PID is absent or ours
+    proxy_protocol: bool = False  # --proxy-protocol: a PROXY header first, from trusted_proxies
 
 
 def parse_backend(url: str) -> BackendAddress:
-    """``http://host:port[/prefix]`` → :class:`BackendAddress`."""
+    """``http://host:port[/prefix]``, ``https://…`` or ``unix:/path`` → :class:`BackendAddress`.
+
+    An https backend is verified against the system store for its own host name here; the
+    flags that change that are applied by :func:`_backend_tls`.
+    """
     example = "e.g. --backend http://127.0.0.1:8000"
+    if url[:5].lower() == "unix:":
+        return _parse_unix_backend(url)
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as e:
         raise ConfigError(f"--backend {url!r} is not a valid URL ({e}); {example}") from None
-    if parts.scheme != "http":
+    if parts.scheme not in ("http", "https"):
         raise ConfigError(
-            f"--backend {url!r}: the backend must be a plain http:// URL "
-            f"(tlsproxy adds the TLS); {example}"
+            f"--backend {url!r}: the backend must be an http://, https:// or unix:/path URL; "
+            f"{example}"
         )
     if not parts.hostname:
         raise ConfigError(f"--backend {url!r} has no host; {example}")
@@ -108,9 +118,99 @@ def parse_backend(url: str) -> BackendAddress:
             f"--backend {url!r}: the path prefix must be URL-encoded ASCII without spaces "
             "(write é as %C3%A9 and a space as %20)"
         )
+    if parts.scheme == "https":
+        return BackendAddress(
+            url=url,
+            host=parts.hostname,
+            port=port or 443,
+            path_prefix=prefix.encode("ascii"),
+            tls=BackendTLS(server_name=parts.hostname),
+        )
     return BackendAddress(
         url=url, host=parts.hostname, port=port or 80, path_prefix=prefix.encode("ascii")
     )
+
+
+def _parse_unix_backend(url: str) -> BackendAddress:
+    """``unix:/run/app.sock`` (or ``unix:///run/app.sock``, or relative to the working directory).
+
+    No path prefix: the whole rest is the socket's file name, which may contain any character.
+    """
+    path = url[5:]
+    if path.startswith("//"):  # the URL form of Docker and curl: unix:///abs/path
+        path = path[2:]
+    if not path or path.endswith("/"):
+        raise ConfigError(
+            f"--backend {url!r}: name the socket file, e.g. --backend unix:/run/app/http.sock"
+        )
+    if "\0" in path:
+        raise ConfigError(f"--backend {url!r}: a socket path cannot contain a NUL character")
+    absolute = os.path.abspath(path)  # twistd may change directory later (--rundir)
+    return BackendAddress(url=url, host="localhost", port=0, path_prefix=b"", socket_path=absolute)
+
+
+def _backend_tls(backend: BackendAddress, options: Mapping[str, Any]) -> BackendAddress:
+    """Apply --backend-ca, --insecure-backend and --backend-server-name to an https backend."""
+    ca, insecure = options.get("backend_ca"), bool(options.get("insecure_backend"))
+    server_name = options.get("backend_server_name")
+    given = [
+        flag
+        for flag, value in (
+            ("--backend-ca", ca),
+            ("--insecure-backend", insecure),
+            ("--backend-server-name", server_name),
+        )
+        if value
+    ]
+    if backend.tls is None:
+        if given:
+            raise ConfigError(
+                f"{given[0]} applies to an https:// backend only, and --backend is "
+                f"{backend.url}; remove {given[0]} (or use an https:// backend)"
+            )
+        return backend
+    if ca is not None and insecure:
+        raise ConfigError(
+            "--backend-ca and --insecure-backend contradict each other (verify with that CA, "
+            "or verify nothing); keep --backend-ca"
+        )
+    name = backend.tls.server_name
+    if server_name is not None:
+        name = _backend_server_name(server_name)
+    ca_pem = _read_backend_ca(Path(ca)) if ca is not None else None
+    tls = BackendTLS(server_name=name, ca_pem=ca_pem, verify=not insecure)
+    return dataclasses.replace(backend, tls=tls)
+
+
+def _backend_server_name(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        if not _HOSTNAME.match(value) or value.startswith("*"):
+            raise ConfigError(
+                f"--backend-server-name {value!r} is neither a DNS name nor an IP address; "
+                "give the name in the backend's certificate, e.g. --backend-server-name "
+                "app.internal"
+            ) from None
+        return value.lower().rstrip(".")
+
+
+def _read_backend_ca(path: Path) -> bytes:
+    """The PEM certificates in ``path``, checked to be there and to parse."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"--backend-ca {path}: cannot read it ({e.strerror})") from None
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        certificates = []
+    if not certificates:
+        raise ConfigError(
+            f"--backend-ca {path}: no PEM certificate in it; give the CA certificate that "
+            "signed the backend's certificate (-----BEGIN CERTIFICATE-----)"
+        )
+    return data
 
 
 def _positive(options: Mapping[str, Any], name: str, *, integer: bool = False) -> Any:
@@ -309,7 +409,7 @@ def build_config(
             "--backend is required: the URL of your plain-HTTP app, "
             "e.g. --backend http://127.0.0.1:8000"
         )
-    backend = parse_backend(options["backend"])
+    backend = _backend_tls(parse_backend(options["backend"]), options)
     limits = Limits(
         header_timeout=_positive(options, "header-timeout"),
         idle_timeout=_positive(options, "idle-timeout"),
@@ -322,6 +422,12 @@ def build_config(
         raise ConfigError("--max-header-bytes below 1024 would refuse ordinary browser requests")
     listeners = _listeners(options)
     trusted = _trusted(options["trusted_proxy"])
+    proxy_protocol = bool(options.get("proxy_protocol"))
+    if proxy_protocol and not trusted:
+        raise ConfigError(
+            "--proxy-protocol needs --trusted-proxy: the PROXY header names the client's "
+            "address, so only your load balancers may send it, e.g. --trusted-proxy 10.0.0.5/32"
+        )
     access_log = options["access_log"]
     if access_log not in (None, "-"):
         _check_log_file(Path(access_log))
@@ -350,4 +456,5 @@ def build_config(
         ),
         notify_socket=notify_socket,
         watchdog_usec=watchdog_usec,
+        proxy_protocol=proxy_protocol,
     )

@@ -34,6 +34,7 @@ from tlsproxy.listen import (
     memory_tls_factory,
     tls_factory,
     url_of,
+    with_proxy_header,
 )
 from tlsproxy.systemd import SystemdNotifier
 from tlsproxy.tls.certstore import LoadedCertificate
@@ -109,8 +110,16 @@ class ProxyService(Service):
     def privilegedStartService(self) -> None:
         # Bind before twistd drops privileges, so --port 443 works when started as root.
         tls = self._tls = self._tls_factory()
+        accept: IProtocolFactory = tls
+        if self.config.proxy_protocol:
+            accept = with_proxy_header(
+                tls,
+                trusted=self.config.trusted_proxies,
+                clock=self._reactor,
+                timeout=self.config.limits.header_timeout,
+            )
         try:
-            self.ports = listen_all(self._reactor, self.config.listeners, tls)
+            self.ports = listen_all(self._reactor, self.config.listeners, accept)
             if self.config.redirect_listeners:
                 redirect = RedirectFactory(
                     https_port=self._https_port,
@@ -212,6 +221,7 @@ class ProxyService(Service):
         stopped = [
             defer.maybeDeferred(port.stopListening) for port in self.ports + self.redirect_ports
         ]
+        self.front.ports = []  # closed: the connection limit must not resume reading them
         drain = Drain(
             clock=self._reactor,
             connections=self.front.connections,
@@ -260,6 +270,13 @@ class ProxyService(Service):
         if url is not None:
             lines.append(f"open {url}")
         lines.append(f"forwarding to the backend {config.backend.url}")
+        tls = config.backend.tls
+        if tls is not None and not tls.verify:
+            lines.append(
+                f"warning: --insecure-backend: the certificate of {config.backend.url} is not "
+                "verified, so anyone on the path to it can read and change the traffic; give "
+                "its CA with --backend-ca instead"
+            )
         lines.append("tell the app it is behind HTTPS (docs/frameworks.md):")
         lines += [f"  {hint}" for hint in hint_lines(self._https_port())]
         lines += config.certificate.describe()

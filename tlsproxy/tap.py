@@ -29,7 +29,25 @@ class Options(usage.Options):
         "twistd -n tlsproxy --backend http://127.0.0.1:8000"
     )
     optParameters: ClassVar[list[list[str | None]]] = [
-        ["backend", None, None, "URL of the plain-HTTP app, http://host:port[/prefix] (required)."],
+        [
+            "backend",
+            None,
+            None,
+            "URL of the app: http://host:port[/prefix], https://host[:port][/prefix] or "
+            "unix:/path/to.sock (required).",
+        ],
+        [
+            "backend-ca",
+            None,
+            None,
+            "PEM CA certificate(s) that verify an https:// backend [default: the system store].",
+        ],
+        [
+            "backend-server-name",
+            None,
+            None,
+            "Name to send (SNI) and verify for an https:// backend [default: its URL's host].",
+        ],
         ["port", None, str(DEFAULT_PORT), "TLS port on each --interface."],
         ["cert", None, None, "PEM certificate (its chain may follow; may hold the key too)."],
         ["key", None, None, "PEM private key for --cert (default: look in the --cert file)."],
@@ -95,6 +113,17 @@ class Options(usage.Options):
 
     optFlags: ClassVar[list[list[str | None]]] = [
         ["no-http2", None, "Offer only HTTP/1.1 (no h2 in ALPN)."],
+        [
+            "insecure-backend",
+            None,
+            "Do not verify an https:// backend's certificate (testing only; logged as a warning).",
+        ],
+        [
+            "proxy-protocol",
+            None,
+            "Expect a PROXY protocol v1/v2 header (from a load balancer) before TLS; "
+            "accepted only from --trusted-proxy addresses.",
+        ],
     ]
 
     def __init__(self) -> None:

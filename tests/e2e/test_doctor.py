@@ -507,8 +507,8 @@ def test_missing_development_certificates_are_named_not_created(
 
 
 def test_a_bad_backend_url_is_a_usage_error(home: Path, tmp_path: Path) -> None:
-    """--backend https://... is refused with config's message and exit status 2."""
-    report = doctor("--backend", "https://127.0.0.1:8000", env=environment(home), cwd=tmp_path)
+    """--backend ftp://... is refused with config's message and exit status 2."""
+    report = doctor("--backend", "ftp://127.0.0.1:8000", env=environment(home), cwd=tmp_path)
     assert report.status == 2
-    assert "the backend must be a plain http:// URL" in report.err
+    assert "the backend must be an http://, https:// or unix:/path URL" in report.err
     assert report.out == ""

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.certfactory import NOW, make_leaf, write_pair
+from tests.certfactory import NOW, make_ca, make_leaf, write_pair, write_pem
+from tlsproxy.backend import BackendTLS
 from tlsproxy.config import Config, ConfigError, Listener, build_config, parse_backend
 from tlsproxy.tap import Options
 
@@ -156,9 +157,9 @@ def test_missing_backend_says_it_is_required(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("url", "says"),
     [
-        ("https://127.0.0.1:8443", "plain http:// URL"),
-        ("127.0.0.1:8000", "plain http:// URL"),
-        ("localhost:8000", "plain http:// URL"),
+        ("ftp://127.0.0.1:8443", "an http://, https:// or unix:/path URL"),
+        ("127.0.0.1:8000", "an http://, https:// or unix:/path URL"),
+        ("localhost:8000", "an http://, https:// or unix:/path URL"),
         ("http://:8000", "has no host"),
         ("http://127.0.0.1:99999", "not a valid URL"),
         ("http://127.0.0.1:http", "not a valid URL"),
@@ -402,5 +403,108 @@ def test_unreadable_passphrase_file_is_explained(tmp_path: Path) -> None:
 
 def test_backend_error_is_found_before_certificates_are_made(tmp_path: Path) -> None:
     """A bad flag stops everything before any file is written."""
-    refusal(tmp_path, "--backend", "https://x")
+    refusal(tmp_path, "--backend", "ftp://x")
     assert not (tmp_path / "certs").exists()
+
+
+# --- https:// and unix: backends, and their flags ------------------------------------------
+
+
+def test_https_backend_is_verified_by_default_for_its_own_host(tmp_path: Path) -> None:
+    """https:// defaults to port 443 and verifies its host against the system store."""
+    backend = configure(tmp_path, "--backend", "https://app.internal/api/").backend
+    assert (backend.host, backend.port, backend.path_prefix) == ("app.internal", 443, b"/api")
+    assert backend.tls == BackendTLS(server_name="app.internal", ca_pem=None, verify=True)
+
+
+def test_backend_ca_and_server_name_are_loaded(tmp_path: Path) -> None:
+    """--backend-ca is read at startup; --backend-server-name replaces the name verified."""
+    ca = write_pem(tmp_path / "ca.pem", make_ca().cert)
+    backend = configure(
+        tmp_path,
+        "--backend",
+        "https://10.0.0.5:8443",
+        "--backend-ca",
+        str(ca),
+        "--backend-server-name",
+        "App.Internal",
+    ).backend
+    assert backend.tls == BackendTLS(server_name="app.internal", ca_pem=ca.read_bytes())
+
+
+def test_insecure_backend_turns_verification_off(tmp_path: Path) -> None:
+    """--insecure-backend keeps TLS (and SNI) but verifies nothing."""
+    backend = configure(tmp_path, "--backend", "https://app.internal", "--insecure-backend")
+    assert backend.backend.tls == BackendTLS(server_name="app.internal", verify=False)
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("unix:/run/app.sock", "/run/app.sock"),
+        ("unix:///run/app.sock", "/run/app.sock"),
+        ("UNIX:/run/a b.sock", "/run/a b.sock"),
+    ],
+)
+def test_unix_backends_are_parsed(url: str, path: str) -> None:
+    """unix:/path and unix:///path name the socket file; no TLS, no path prefix."""
+    backend = parse_backend(url)
+    assert (backend.socket_path, backend.tls, backend.path_prefix, backend.url) == (
+        path,
+        None,
+        b"",
+        url,
+    )
+
+
+def test_relative_unix_socket_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative socket path is resolved at startup, before twistd may change directory."""
+    monkeypatch.chdir(tmp_path)
+    assert parse_backend("unix:app.sock").socket_path == str(tmp_path / "app.sock")
+
+
+@pytest.mark.parametrize("url", ["unix:", "unix:/run/"])
+def test_unix_backend_without_a_file_is_refused(tmp_path: Path, url: str) -> None:
+    """unix: with no file name is refused with an example."""
+    message = refusal(tmp_path, "--backend", url)
+    assert message.startswith(f"--backend {url!r}: name the socket file")
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [("--backend-ca", "ca.pem"), ("--insecure-backend",), ("--backend-server-name", "a.b")],
+)
+def test_tls_backend_flags_are_refused_for_a_plain_backend(
+    tmp_path: Path, flags: tuple[str, ...]
+) -> None:
+    """The https-only flags with an http:// backend are refused, naming the flag."""
+    message = refusal(tmp_path, "--backend", BACKEND, *flags)
+    assert message.startswith(f"{flags[0]} applies to an https:// backend only")
+
+
+def test_backend_ca_with_insecure_backend_is_refused(tmp_path: Path) -> None:
+    """Verifying with a CA and verifying nothing at once is a contradiction, refused."""
+    ca = write_pem(tmp_path / "ca.pem", make_ca().cert)
+    message = refusal(
+        tmp_path, "--backend", "https://a.b", "--backend-ca", str(ca), "--insecure-backend"
+    )
+    assert "contradict" in message
+
+
+def test_unreadable_or_empty_backend_ca_is_refused(tmp_path: Path) -> None:
+    """A missing --backend-ca, or one with no certificate in it, stops startup naming it."""
+    missing = tmp_path / "nope.pem"
+    message = refusal(tmp_path, "--backend", "https://a.b", "--backend-ca", str(missing))
+    assert message.startswith(f"--backend-ca {missing}: cannot read it")
+    empty = tmp_path / "empty.pem"
+    empty.write_text("not a certificate\n")
+    message = refusal(tmp_path, "--backend", "https://a.b", "--backend-ca", str(empty))
+    assert message.startswith(f"--backend-ca {empty}: no PEM certificate in it")
+
+
+def test_bad_backend_server_name_is_refused(tmp_path: Path) -> None:
+    """--backend-server-name must be a DNS name or an IP address."""
+    message = refusal(tmp_path, "--backend", "https://a.b", "--backend-server-name", "not a name")
+    assert message.startswith("--backend-server-name 'not a name' is neither")

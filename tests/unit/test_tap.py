@@ -150,12 +150,12 @@ def test_bad_configuration_exits_2_with_one_line_on_stderr(
     reactor: MemoryReactorClock, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """A value error found by config stops twistd with status 2 and one line, starting nothing."""
-    options = parse("--backend", "https://127.0.0.1:8000", "--certs-dir", str(tmp_path / "c"))
+    options = parse("--backend", "ftp://127.0.0.1:8000", "--certs-dir", str(tmp_path / "c"))
     with pytest.raises(SystemExit) as caught:
         tap.makeService(options)
     assert caught.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("tlsproxy: error: --backend 'https://127.0.0.1:8000'")
+    assert err.startswith("tlsproxy: error: --backend 'ftp://127.0.0.1:8000'")
     assert err.count("\n") == 1
     assert reactor.tcpServers == []
     assert not (tmp_path / "c").exists()

@@ -52,6 +52,28 @@ FRAMEWORK_SETTINGS = {
 }
 
 
+# --- which backends ------------------------------------------------------------------------------
+
+
+def unprobed_findings(backend: BackendAddress) -> list[Finding]:
+    """For a backend doctor cannot probe yet (https://, unix:), one skipped line per check.
+
+    Said plainly rather than probed wrongly: a TCP probe of an https backend would report a
+    working backend whose certificate tlsproxy may refuse, and a unix socket has no address.
+    """
+    if backend.socket_path is not None:
+        kind, what = "a unix: backend", f"the socket {backend.socket_path}"
+    elif backend.tls is not None:
+        kind, what = "an https:// backend", f"{backend.url} (with its certificate)"
+    else:
+        return []
+    fix = f"check {what} through tlsproxy itself, e.g. curl the proxy and read a 502's reason"
+    return [
+        skipped(ADDRESS, f"doctor cannot probe {kind} yet", fix),
+        skipped(FORWARDED, f"doctor cannot send a request to {kind} yet", fix),
+    ]
+
+
 # --- which addresses -----------------------------------------------------------------------------
 
 

@@ -243,6 +243,11 @@ def _nss(served: certificate_checks.ServedCertificate) -> Finding:
 
 
 def _backend_checks(backend: BackendAddress, port: int, *, report: Report) -> None:
+    unprobed = backend_checks.unprobed_findings(backend)
+    if unprobed:
+        for finding in unprobed:
+            report(finding)
+        return
     try:
         plan = backend_checks.plan_addresses(backend, backend_checks.resolve)
     except OSError as exc:
