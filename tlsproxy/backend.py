@@ -28,45 +28,31 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httptools
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
-from OpenSSL import SSL
-from service_identity import VerificationError
 from twisted.internet import error as net_error
-from twisted.internet import ssl
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IHandshakeListener,
-    IOpenSSLClientConnectionCreator,
     IProtocolFactory,
     IReactorTCP,
     IReactorTime,
     IReactorUNIX,
 )
 from twisted.internet.protocol import ClientFactory, Protocol
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tlsproxy import eagerwrite
 from tlsproxy.http.headers import Header, ResponseRejected
 from tlsproxy.relay import Relay
+from tlsproxy.tls.client import BackendTLS, client_tls, describe_tls_failure
 
 if TYPE_CHECKING:
     from tlsproxy.http.exchange import Exchange
 
 IDLE_SECONDS = 1.0
 MAX_IDLE_CONNECTIONS = 64
-
-
-@dataclass(frozen=True)
-class BackendTLS:
-    """How to speak TLS to an ``https://`` backend (rule 4)."""
-
-    server_name: str  # sent as SNI and verified against the certificate (a name or an IP)
-    ca_pem: bytes | None = None  # --backend-ca: the certificates trusted; None: the system store
-    verify: bool = True  # False only with --insecure-backend
 
 
 @dataclass(frozen=True)
@@ -95,53 +81,6 @@ class BackendAddress:
         if self.host.lower() in ("localhost", "localhost."):
             return ["127.0.0.1", "::1"]
         return [self.host]
-
-
-def client_tls(tls: BackendTLS) -> IOpenSSLClientConnectionCreator:
-    """The TLS client side for ``tls``: verified with service-identity unless told otherwise.
-
-    Built once per pool: the context (and the trust store it loads) is shared by every
-    connection.
-    """
-    if not tls.verify:
-        return _UnverifiedClientTLS(tls.server_name)
-    trust_root: Any = ssl.platformTrust()
-    if tls.ca_pem is not None:
-        trust_root = ssl.trustRootFromCertificates(
-            [
-                ssl.Certificate.loadPEM(cert.public_bytes(Encoding.PEM))
-                for cert in x509.load_pem_x509_certificates(tls.ca_pem)
-            ]
-        )
-    return ssl.optionsForClientTLS(
-        tls.server_name, trustRoot=trust_root, acceptableProtocols=[b"http/1.1"]
-    )
-
-
-@implementer(IOpenSSLClientConnectionCreator)
-class _UnverifiedClientTLS:
-    """--insecure-backend: TLS without checking the certificate, still sending SNI.
-
-    ``optionsForClientTLS`` always verifies, and a bare ``CertificateOptions`` sends no SNI (a
-    backend serving several names would answer with the wrong certificate, or refuse).
-    """
-
-    def __init__(self, server_name: str) -> None:
-        options = ssl.CertificateOptions(verify=False, acceptableProtocols=[b"http/1.1"])
-        self._context = options.getContext()
-        self._sni: bytes | None = None
-        try:
-            ipaddress.ip_address(server_name)
-        except ValueError:  # SNI carries names only (RFC 6066, section 3)
-            self._sni = server_name.encode("idna")
-
-    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:  # noqa: N803
-        connection = SSL.Connection(self._context, None)
-        connection.set_app_data(tlsProtocol)
-        if self._sni is not None:
-            connection.set_tlsext_host_name(self._sni)
-        connection.set_connect_state()
-        return connection
 
 
 class _HeadResponseDone(Exception):
@@ -518,40 +457,6 @@ class BackendPool:
             factory,  # type: ignore[arg-type]
             timeout=self._connect_timeout,
         )
-
-
-def describe_tls_failure(reason: Failure, tls: BackendTLS, *, port: int) -> str:
-    """Why the TLS handshake with the backend failed, and the flag that fixes it, in words."""
-    name = tls.server_name
-    testing = "or, for testing only, --insecure-backend"
-    if reason.check(VerificationError):
-        return (
-            f"presented a certificate that did not verify for {name}: it is not issued to "
-            f"that name; connect by a name the certificate holds, or set the name to check "
-            f"with --backend-server-name, {testing}"
-        )
-    error = reason.value
-    if isinstance(error, SSL.Error):
-        said = _openssl_reasons(error)
-        if "certificate verify failed" in said:
-            trusted = "the --backend-ca file" if tls.ca_pem is not None else "the system store"
-            return (
-                f"presented a certificate that did not verify for {name} (not signed by a CA "
-                f"in {trusted}, self-signed, or expired); give the CA that signed it with "
-                f"--backend-ca PEM, {testing}"
-            )
-        return (
-            f"failed the TLS handshake ({said or 'no reason given'}); is it serving https "
-            f"on port {port}, or plain http (then use an http:// --backend)?"
-        )
-    return "closed the connection during the TLS handshake; is it serving https there?"
-
-
-def _openssl_reasons(error: SSL.Error) -> str:
-    """The reason strings of a pyOpenSSL error (its args are a list of (lib, func, reason))."""
-    entries = error.args[0] if error.args and isinstance(error.args[0], list) else []
-    reasons = [str(entry[-1]) for entry in entries if isinstance(entry, tuple) and entry]
-    return ", ".join(reasons) or str(error)
 
 
 def _describe_connect_failure(reason: Failure) -> str:

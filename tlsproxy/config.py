@@ -21,9 +21,10 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 
-from tlsproxy.backend import BackendAddress, BackendTLS
+from tlsproxy.backend import BackendAddress
 from tlsproxy.http.headers import IPNetwork
 from tlsproxy.tls.certstore import CertificateError, LoadedCertificate, load_certificate
+from tlsproxy.tls.client import BackendTLS
 from tlsproxy.tls.devca import DevCertificates, ensure_dev_certificates
 
 DEFAULT_PORT = 8443

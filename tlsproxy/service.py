@@ -34,8 +34,8 @@ from tlsproxy.listen import (
     memory_tls_factory,
     tls_factory,
     url_of,
-    with_proxy_header,
 )
+from tlsproxy.proxyheader import with_proxy_header
 from tlsproxy.systemd import SystemdNotifier
 from tlsproxy.tls.certstore import LoadedCertificate
 from tlsproxy.tls.devca import trust_instructions

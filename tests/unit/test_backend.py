@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import errno
-from datetime import UTC, datetime
 
 import pytest
-from OpenSSL import SSL, crypto
-from service_identity import VerificationError
+from OpenSSL import SSL
 from twisted.internet import error as net_error
-from twisted.internet import ssl
 from twisted.internet._sslverify import ClientTLSOptions
-from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from twisted.test import iosim
-from zope.interface import implementer
 
-from tests.certfactory import Issued, make_ca, make_leaf
 from tests.unit.harness import (
     Backend,
     Client,
@@ -31,7 +23,7 @@ from tests.unit.harness import (
 )
 from tests.unit.harness import address as net_address
 from tlsproxy import backend as backend_module
-from tlsproxy.backend import BackendAddress, BackendTLS
+from tlsproxy.backend import BackendAddress
 
 
 def address(host: str) -> BackendAddress:
@@ -303,10 +295,6 @@ def test_head_response_followed_by_more_bytes_is_not_pooled() -> None:
 # --- https:// and unix: backends -------------------------------------------------------------
 
 
-def tls_address(*, ca_pem: bytes | None = None) -> BackendTLS:
-    return BackendTLS(server_name="backend.test", ca_pem=ca_pem)
-
-
 def test_https_backend_is_tcp_wrapped_in_tls_around_the_same_attempt() -> None:
     """An https:// backend is a connectTCP on its port whose factory is TLS around the pool's
     own attempt (one parser path for both), with service-identity verification configured."""
@@ -317,63 +305,6 @@ def test_https_backend_is_tcp_wrapped_in_tls_around_the_same_attempt() -> None:
     assert isinstance(factory, TLSMemoryBIOFactory)
     assert isinstance(factory.wrappedFactory, backend_module._Attempt)
     assert isinstance(proxy.pool._client_tls, ClientTLSOptions)
-
-
-def test_insecure_https_backend_still_sends_sni_but_verifies_nothing() -> None:
-    """--insecure-backend: the client side sends the server name, and the context verifies
-    no certificate."""
-    creator = backend_module.client_tls(BackendTLS(server_name="backend.test", verify=False))
-    connection = creator.clientConnectionForTLS(None)  # type: ignore[arg-type]
-    assert connection.get_servername() == b"backend.test"
-    assert connection.get_context().get_verify_mode() == SSL.VERIFY_NONE
-
-
-def handshake(tls: BackendTLS, server: Issued) -> list[str]:
-    """A real TLS handshake in memory between ``client_tls(tls)`` and a server with ``server``:
-    what the client side saw (``"verified"``, or the failure's type name)."""
-    seen: list[str] = []
-
-    @implementer(IHandshakeListener)
-    class Seen(Protocol):
-        def handshakeCompleted(self) -> None:
-            seen.append("verified")
-
-        def connectionLost(self, reason: Failure = net_error.ConnectionDone) -> None:  # type: ignore[assignment]
-            if not seen:
-                seen.append(type(reason.value).__name__)
-
-    server_options = ssl.CertificateOptions(
-        privateKey=crypto.PKey.from_cryptography_key(server.key),  # type: ignore[arg-type]
-        certificate=crypto.X509.from_cryptography(server.cert),
-        acceptableProtocols=[b"http/1.1"],  # without it, OpenSSL alerts any ALPN client
-    )
-    server_protocol = TLSMemoryBIOFactory(
-        server_options, False, Factory.forProtocol(Protocol)
-    ).buildProtocol(None)
-    client_protocol = TLSMemoryBIOFactory(
-        backend_module.client_tls(tls), True, Factory.forProtocol(Seen)
-    ).buildProtocol(None)
-    pump = iosim.connect(
-        server_protocol,
-        iosim.makeFakeServer(server_protocol),
-        client_protocol,
-        iosim.makeFakeClient(client_protocol),
-    )
-    pump.flush()
-    return seen
-
-
-# Twisted's CertificateOptions hands pyOpenSSL X509/PKey objects to pyOpenSSL, which warns.
-@pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
-def test_backend_ca_verifies_the_backend_and_nothing_else_does() -> None:
-    """With --backend-ca, a certificate it signed for the name verifies; one for another name,
-    or one signed by another CA (the system store is not consulted), does not."""
-    now = datetime.now(UTC)
-    ca, other_ca = make_ca(now=now), make_ca(now=now)
-    tls = BackendTLS(server_name="backend.test", ca_pem=ca.cert_pem)
-    assert handshake(tls, make_leaf(ca, names=["backend.test"], now=now)) == ["verified"]
-    assert handshake(tls, make_leaf(ca, names=["other.test"], now=now)) == ["VerificationError"]
-    assert handshake(tls, make_leaf(other_ca, names=["backend.test"], now=now)) == ["Error"]
 
 
 def handshake_failing(proxy: Proxy, reason: Exception) -> tuple[Client, int]:
@@ -406,31 +337,6 @@ def test_certificate_that_does_not_verify_is_a_final_502_saying_how_to_fix_it() 
     assert b"--backend-ca PEM" in body
     assert b"--insecure-backend" in body
     assert connects == 1
-
-
-@pytest.mark.parametrize(
-    ("error", "said"),
-    [
-        (VerificationError(errors=[]), "it is not issued to that name"),
-        (SSL.Error([("SSL routines", "", "certificate verify failed")]), "--backend-ca PEM"),
-        (SSL.Error([("SSL routines", "", "wrong version number")]), "wrong version number"),
-        (net_error.ConnectionLost(), "closed the connection during the TLS handshake"),
-    ],
-)
-def test_tls_failures_are_explained(error: Exception, said: str) -> None:
-    """Each way the handshake fails is said in words: name mismatch, untrusted chain, not TLS
-    at all, or a close."""
-    message = backend_module.describe_tls_failure(Failure(error), tls_address(), port=8443)
-    assert said in message
-
-
-def test_untrusted_chain_names_where_trust_came_from() -> None:
-    """The message says whether the system store or the --backend-ca file was used."""
-    failure = Failure(SSL.Error([("SSL routines", "", "certificate verify failed")]))
-    system = backend_module.describe_tls_failure(failure, tls_address(), port=443)
-    given = backend_module.describe_tls_failure(failure, tls_address(ca_pem=b"x"), port=443)
-    assert "the system store" in system
-    assert "the --backend-ca file" in given
 
 
 def test_unix_backend_connects_to_its_socket_file_and_forwards() -> None:

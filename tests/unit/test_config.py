@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.certfactory import NOW, make_ca, make_leaf, write_pair, write_pem
-from tlsproxy.backend import BackendTLS
 from tlsproxy.config import Config, ConfigError, Listener, build_config, parse_backend
 from tlsproxy.tap import Options
+from tlsproxy.tls.client import BackendTLS
 
 BACKEND = "http://127.0.0.1:8000"
 
