@@ -2,10 +2,10 @@
 
 Usage (as root, from the repository root, with the project's venv):
 
-    /work/venv/bin/python bench/run.py                   # every scenario, ~6 minutes
-    /work/venv/bin/python bench/run.py --quick           # smoke run, ~1 minute
-    /work/venv/bin/python bench/run.py --scenario keepalive --scenario handshakes
-    /work/venv/bin/python bench/run.py --candidate nginx # harness check: nginx vs nginx
+    python bench/run.py                   # every scenario, ~6 minutes
+    python bench/run.py --quick           # smoke run, ~1 minute
+    python bench/run.py --scenario keepalive --scenario handshakes
+    python bench/run.py --candidate nginx # harness check: nginx vs nginx
 
 Both proxies run pinned to CPU 1; this process, its clients (wrk, curl, Python) and the
 backends (nginx; the websocket echo server of the ws scenarios) are pinned to CPU 0. Each
