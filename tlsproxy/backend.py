@@ -364,7 +364,7 @@ class _Attempt(ClientFactory):
         if len(self.hosts) > 1:
             self.pool.connect(self.exchange, self.hosts[1:])
         else:
-            self.exchange.backend_unavailable(_describe_connect_failure(reason))
+            self.exchange.backend_unavailable(describe_connect_failure(reason))
 
 
 class BackendPool:
@@ -459,7 +459,8 @@ class BackendPool:
         )
 
 
-def _describe_connect_failure(reason: Failure) -> str:
+def describe_connect_failure(reason: Failure) -> str:
+    """Why connecting failed, in a few words for a log line or a 502 (raw TCP mode shares it)."""
     if reason.check(net_error.ConnectionRefusedError):
         return "connection refused"
     if reason.check(net_error.TimeoutError, net_error.TCPTimedOutError):

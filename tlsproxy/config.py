@@ -77,7 +77,11 @@ class Config:
     drain_timeout: float = 30.0  # --drain-timeout: SIGTERM waits this long for exchanges to end
     notify_socket: str | None = None  # $NOTIFY_SOCKET: where systemd reads sd_notify datagrams
     watchdog_usec: int | None = None  # $WATCHDOG_USEC, when $WATCHDOG_PID is absent or ours
+    metrics_listen: str | None = None  # --metrics-listen: plain-HTTP endpoint for /metrics
+    access_log_format: str = "combined"  # --access-log-format: "combined" or "json"
     proxy_protocol: bool = False  # --proxy-protocol: a PROXY header first, from trusted_proxies
+    mode: str = "http"  # --mode: "http" proxies requests, "tcp" relays bytes (docs/tcp-mode.md)
+    send_proxy_protocol: str | None = None  # --send-proxy-protocol v1|v2 to the backend (tcp mode)
 
 
 def parse_backend(url: str) -> BackendAddress:
@@ -94,6 +98,11 @@ def parse_backend(url: str) -> BackendAddress:
         port = parts.port
     except ValueError as e:
         raise ConfigError(f"--backend {url!r} is not a valid URL ({e}); {example}") from None
+    if parts.scheme == "tcp":
+        raise ConfigError(
+            f"--backend {url!r}: a tcp:// backend receives raw bytes; add --mode tcp "
+            "(or give the app's http:// URL)"
+        )
     if parts.scheme not in ("http", "https"):
         raise ConfigError(
             f"--backend {url!r}: the backend must be an http://, https:// or unix:/path URL; "
@@ -130,6 +139,98 @@ def parse_backend(url: str) -> BackendAddress:
     return BackendAddress(
         url=url, host=parts.hostname, port=port or 80, path_prefix=prefix.encode("ascii")
     )
+
+
+def parse_tcp_backend(url: str) -> BackendAddress:
+    """``tcp://host:port`` or ``unix:/path`` → :class:`BackendAddress`, for ``--mode tcp``."""
+    example = "e.g. --backend tcp://127.0.0.1:6379 or --backend unix:/run/app.sock"
+    if url[:5].lower() == "unix:":
+        return _parse_unix_backend(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ConfigError(f"--backend {url!r} is not a valid address ({e}); {example}") from None
+    if parts.scheme != "tcp":
+        raise ConfigError(
+            f"--backend {url!r}: --mode tcp relays bytes, not HTTP, so the backend is a "
+            f"tcp://host:port or unix:/path address; {example}"
+        )
+    if not parts.hostname or not port:
+        raise ConfigError(f"--backend {url!r} needs a host and a port (1-65535); {example}")
+    try:
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        raise ConfigError(
+            f"--backend {url!r}: {parts.hostname!r} is not a valid host name"
+        ) from None
+    if parts.path.strip("/") or parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"--backend {url!r}: only tcp://host:port is allowed; {example}")
+    return BackendAddress(url=url, host=parts.hostname, port=port, path_prefix=b"")
+
+
+def _mode(options: Mapping[str, Any]) -> tuple[str, str | None]:
+    """``--mode`` and ``--send-proxy-protocol``, checked against each other and the HTTP flags."""
+    mode = options.get("mode") or "http"
+    if mode not in ("http", "tcp"):
+        raise ConfigError(f"--mode {mode!r} is not a mode; use --mode http or --mode tcp")
+    send = options.get("send_proxy_protocol")
+    if send is not None:
+        send = send.lower()
+        if send not in ("v1", "v2"):
+            raise ConfigError(f"--send-proxy-protocol {send!r}: use v1 or v2")
+        if mode != "tcp":
+            raise ConfigError(
+                "--send-proxy-protocol works with --mode tcp only (in http mode the backend "
+                "learns the client from X-Forwarded-For); add --mode tcp or remove it"
+            )
+    if mode == "tcp":
+        http_only = [
+            flag
+            for flag, name in (
+                ("--hsts", "hsts"),
+                ("--redirect-http", "redirect_http"),
+                ("--access-log", "access_log"),
+                ("--no-http2", "no_http2"),
+            )
+            if options.get(name)
+        ]
+        if http_only:
+            raise ConfigError(
+                f"{http_only[0]} is about HTTP, and --mode tcp relays bytes without reading "
+                f"them; remove {http_only[0]} (or use --mode http)"
+            )
+    return mode, send
+
+
+def _metrics_listen(options: Mapping[str, Any]) -> str | None:
+    """``--metrics-listen``: a plain Twisted endpoint (the metrics are served without TLS)."""
+    description: str | None = options.get("metrics_listen")
+    if description is None:
+        return None
+    kind = description.split(":", 1)[0].lower()
+    if kind not in _LISTEN_KINDS:
+        raise ConfigError(
+            f"--metrics-listen {description!r}: unknown endpoint type {kind!r}; use one of "
+            + ", ".join(f"{k}:" for k in _LISTEN_KINDS)
+            + ", e.g. --metrics-listen tcp:9100:interface=127.0.0.1"
+        )
+    return description
+
+
+def _access_log_format(options: Mapping[str, Any]) -> str:
+    """``--access-log-format``: combined (the default) or json, and only with ``--access-log``."""
+    given: str | None = options.get("access_log_format")
+    if given is None:
+        return "combined"
+    if given not in ("combined", "json"):
+        raise ConfigError(f"--access-log-format {given!r} is not a format; use combined or json")
+    if options.get("access_log") is None:
+        raise ConfigError(
+            "--access-log-format needs --access-log: say where the log goes, "
+            "e.g. --access-log - for stdout"
+        )
+    return given
 
 
 def _parse_unix_backend(url: str) -> BackendAddress:
@@ -410,7 +511,11 @@ def build_config(
             "--backend is required: the URL of your plain-HTTP app, "
             "e.g. --backend http://127.0.0.1:8000"
         )
-    backend = _backend_tls(parse_backend(options["backend"]), options)
+    mode, send_proxy_protocol = _mode(options)
+    if mode == "tcp":
+        backend = _backend_tls(parse_tcp_backend(options["backend"]), options)
+    else:
+        backend = _backend_tls(parse_backend(options["backend"]), options)
     limits = Limits(
         header_timeout=_positive(options, "header-timeout"),
         idle_timeout=_positive(options, "idle-timeout"),
@@ -458,4 +563,8 @@ def build_config(
         notify_socket=notify_socket,
         watchdog_usec=watchdog_usec,
         proxy_protocol=proxy_protocol,
+        metrics_listen=_metrics_listen(options),
+        access_log_format=_access_log_format(options),
+        mode=mode,
+        send_proxy_protocol=send_proxy_protocol,
     )

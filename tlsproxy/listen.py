@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from tlsproxy.config import Listener
 from tlsproxy.http.h1 import FrontSettings, H1Connection
 from tlsproxy.http.h2 import H2Connection
+from tlsproxy.tcpmode import TcpFront
 from tlsproxy.tls.memorytls import MemoryTLSFactory
 
 log = Logger()
@@ -32,7 +33,9 @@ class ListenError(Exception):
     """A listener that could not be opened; the message says which and why, in one line."""
 
 
-FrontConnection = H1Connection | H2Connection
+FrontConnection = H1Connection | H2Connection | TcpFront
+#: Builds the front for ``--mode tcp`` instead of HTTP/1.1; given the callback for its close.
+TcpFrontBuilder = Callable[[Callable[[TcpFront], None]], TcpFront]
 #: Builds the protocol that takes a connection over when ALPN chose it; given the callback
 #: to call when that connection closes.
 Takeover = Callable[[Callable[[H2Connection], None]], H2Connection]
@@ -64,6 +67,7 @@ class FrontFactory(Factory):
         self._accepting = True
 
     def buildProtocol(self, addr: Any) -> H1Connection:
+        self.settings.metrics.connections_accepted += 1
         connection = H1Connection(self.settings, self._closed)
         self._opened(connection)
         return connection
@@ -76,6 +80,7 @@ class FrontFactory(Factory):
 
     def _opened(self, connection: FrontConnection) -> None:
         self.connections.add(connection)
+        self.settings.metrics.connections_open = len(self.connections)
         if len(self.connections) >= self.max_connections and self._accepting:
             self._accepting = False
             log.warn(
@@ -87,10 +92,29 @@ class FrontFactory(Factory):
 
     def _closed(self, connection: FrontConnection) -> None:
         self.connections.discard(connection)
+        self.settings.metrics.connections_open = len(self.connections)
         if not self._accepting and len(self.connections) < self.max_connections:
             self._accepting = True
             for port in self.ports:
                 port.startReading()  # type: ignore[attr-defined]
+
+
+class TcpFrontFactory(FrontFactory):
+    """``--mode tcp``: a raw TCP front per client, counted and limited like the HTTP fronts."""
+
+    def __init__(
+        self, settings: FrontSettings, *, max_connections: int, build: TcpFrontBuilder
+    ) -> None:
+        super().__init__(settings, max_connections=max_connections)
+        self._build = build
+
+    # The override returns another front: the TLS layer accepts any protocol, and the set of
+    # connections (what shutdown and the limit use) is typed for every kind of front.
+    def buildProtocol(self, addr: Any) -> TcpFront:  # type: ignore[override]
+        self.settings.metrics.connections_accepted += 1
+        connection = self._build(self._closed)
+        self._opened(connection)
+        return connection
 
 
 _PLAIN_HTTP_ANSWER = (
@@ -146,7 +170,9 @@ def tls_factory(
 
 def memory_tls_factory(context: ssl.SSLContext, front: FrontFactory) -> MemoryTLSFactory:
     """TLS by the standard library's ``ssl``, through :class:`MemoryTLS`."""
-    return MemoryTLSFactory(context, front, plain_answer=_PLAIN_HTTP_ANSWER)
+    return MemoryTLSFactory(
+        context, front, plain_answer=_PLAIN_HTTP_ANSWER, metrics=front.settings.metrics
+    )
 
 
 def url_of(port: IListeningPort) -> str:

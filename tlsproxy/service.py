@@ -1,4 +1,5 @@
-"""Assembles the running proxy from a :class:`Config`: pool, fronts, TLS, listeners, access log."""
+"""Assembles the running proxy from a :class:`Config`: pool, fronts, TLS, listeners, access log,
+metrics."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from typing import Any, TextIO
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtocolFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 
-from tlsproxy.accesslog import AccessLog
+from tlsproxy.accesslog import AccessLog, JsonAccessLog
 from tlsproxy.backend import BackendPool
 from tlsproxy.config import Config
 from tlsproxy.deadline import DeadlineSweeper
@@ -29,14 +32,18 @@ from tlsproxy.listen import (
     FrontFactory,
     ListenError,
     Takeover,
+    TcpFrontBuilder,
+    TcpFrontFactory,
     browse_url,
     listen_all,
     memory_tls_factory,
     tls_factory,
     url_of,
 )
+from tlsproxy.metrics import Metrics, MetricsFactory, render
 from tlsproxy.proxyheader import with_proxy_header
 from tlsproxy.systemd import SystemdNotifier
+from tlsproxy.tcpmode import TcpFront, TcpSettings
 from tlsproxy.tls.certstore import LoadedCertificate
 from tlsproxy.tls.devca import trust_instructions
 from tlsproxy.tls.memorytls import MemoryTLSFactory
@@ -71,7 +78,13 @@ class ProxyService(Service):
             self._log_stream = sys.stdout
         elif config.access_log is not None:
             self._log_stream = open(config.access_log, "a", encoding="utf-8")  # noqa: SIM115
-        self.access_log = AccessLog(self._log_stream) if self._log_stream else None
+        log_class = JsonAccessLog if config.access_log_format == "json" else AccessLog
+        self.access_log = log_class(self._log_stream) if self._log_stream else None
+        # Request durations use the reactor's clock: one time.time() call at a request's head and
+        # one at its end (~0.1 µs together); the sweeper's clock is 0.25 s coarse, too coarse for
+        # the histogram's millisecond buckets.
+        self.metrics = Metrics(seconds=reactor.seconds)
+        self.metrics_port: Any = None
         self._flush_log = LoopingCall(self._flush_access_log)
         self._flush_log.clock = reactor
         limits = config.limits
@@ -86,15 +99,21 @@ class ProxyService(Service):
             access_log=self.access_log,
             tunnel_idle_timeout=config.tunnel_idle_timeout,
             hsts=b"max-age=%d" % config.hsts_seconds if config.hsts_seconds else b"",
+            metrics=self.metrics,
         )
         # ALPN offers h2 only when a protocol is there to take the connection over.
         takeovers: dict[bytes, Takeover] = {}
-        if config.http2:
+        if config.http2 and config.mode == "http":
             takeovers[b"h2"] = partial(H2Connection, settings)
+        # --mode tcp offers http/1.1 only, never h2 (docs/tcp-mode.md): ALPN must be set anyway.
         self.alpn = HTTP2_ALPN if takeovers else HTTP1_ALPN
-        self.front = FrontFactory(
+        self.front: FrontFactory = FrontFactory(
             settings, max_connections=limits.max_connections, takeovers=takeovers
         )
+        if config.mode == "tcp":
+            self.front = TcpFrontFactory(
+                settings, max_connections=limits.max_connections, build=self._tcp_front(settings)
+            )
         self.ports: list[Any] = []
         self.redirect_ports: list[Any] = []
         self.certificate = config.certificate  # what new handshakes use; replaced by reloads
@@ -106,6 +125,21 @@ class ProxyService(Service):
             clock=reactor,
             status=self._status,
         )
+
+    def _tcp_front(self, settings: FrontSettings) -> TcpFrontBuilder:
+        """How ``--mode tcp`` builds its fronts: the same sweeper, its own backend dialling."""
+        config = self.config
+        tcp = TcpSettings(
+            reactor=self._reactor,
+            backend=config.backend,
+            sweeper=settings.sweeper,
+            handshake_timeout=config.limits.header_timeout,
+            connect_timeout=config.limits.connect_timeout,
+            idle_timeout=config.limits.idle_timeout,
+            tunnel_idle_timeout=config.tunnel_idle_timeout,
+            send_proxy_protocol=config.send_proxy_protocol,
+        )
+        return partial(TcpFront, tcp)
 
     def privilegedStartService(self) -> None:
         # Bind before twistd drops privileges, so --port 443 works when started as root.
@@ -129,12 +163,32 @@ class ProxyService(Service):
                 self.redirect_ports = listen_all(
                     self._reactor, self.config.redirect_listeners, redirect
                 )
+            if self.config.metrics_listen is not None:
+                self.metrics_port = self._listen_metrics(self.config.metrics_listen)
         except ListenError as e:
             # twistd has already redirected sys.stderr into its log; say it plainly.
             print(f"tlsproxy: error: {e}", file=sys.__stderr__)
             raise SystemExit(2) from None
         self.front.ports = self.ports
         super().privilegedStartService()  # type: ignore[no-untyped-call]
+
+    def _listen_metrics(self, description: str) -> Any:
+        """Open ``--metrics-listen``: plain HTTP, apart from the proxy; raise ListenError."""
+        factory = MetricsFactory(self.render_metrics, clock=self._reactor)
+        try:
+            endpoint = serverFromString(self._reactor, description)
+        except (IndexError, KeyError, ValueError, TypeError) as e:
+            raise ListenError(f"--metrics-listen {description!r} is not valid: {e}") from None
+        outcome: list[Any] = []
+        endpoint.listen(factory).addBoth(outcome.append)
+        if not outcome or isinstance(outcome[0], Failure):
+            why = outcome[0].getErrorMessage() if outcome else "listening did not complete"
+            raise ListenError(f"cannot listen on --metrics-listen {description}: {why}")
+        return outcome[0]
+
+    def render_metrics(self) -> str:
+        """The page a scrape gets: the counters, and the certificate new handshakes use now."""
+        return render(self.metrics, self._reactor.seconds(), [self.certificate])
 
     def _tls_factory(self) -> IProtocolFactory:
         """The front's TLS layer, by the engine policy.TLS_ENGINE names."""
@@ -221,6 +275,8 @@ class ProxyService(Service):
         stopped = [
             defer.maybeDeferred(port.stopListening) for port in self.ports + self.redirect_ports
         ]
+        if self.metrics_port is not None:
+            stopped.append(defer.maybeDeferred(self.metrics_port.stopListening))
         self.front.ports = []  # closed: the connection limit must not resume reading them
         drain = Drain(
             clock=self._reactor,
@@ -269,6 +325,11 @@ class ProxyService(Service):
         url = browse_url(self.ports)
         if url is not None:
             lines.append(f"open {url}")
+        if self.metrics_port is not None:
+            where = url_of(self.metrics_port)  # https://host:port/ or unix:PATH
+            if where.startswith("https://"):
+                where = where.replace("https://", "http://", 1) + "metrics"
+            lines.append(f"metrics on {where}")
         lines.append(f"forwarding to the backend {config.backend.url}")
         tls = config.backend.tls
         if tls is not None and not tls.verify:
@@ -277,8 +338,9 @@ class ProxyService(Service):
                 "verified, so anyone on the path to it can read and change the traffic; give "
                 "its CA with --backend-ca instead"
             )
-        lines.append("tell the app it is behind HTTPS (docs/frameworks.md):")
-        lines += [f"  {hint}" for hint in hint_lines(self._https_port())]
+        if config.mode == "http":  # raw TCP mode has no headers to tell the app anything
+            lines.append("tell the app it is behind HTTPS (docs/frameworks.md):")
+            lines += [f"  {hint}" for hint in hint_lines(self._https_port())]
         lines += config.certificate.describe()
         lines += [f"warning: {w}" for w in config.certificate.warnings]
         dev = config.dev_certificates
@@ -289,8 +351,11 @@ class ProxyService(Service):
 
 
 def _end_gracefully(connection: FrontConnection) -> None:
-    """Shutdown, politely: HTTP/1.1 closes after its exchange, HTTP/2 sends GOAWAY."""
-    if isinstance(connection, H1Connection):
+    """Shutdown, politely: HTTP/1.1 closes after its exchange, HTTP/2 sends GOAWAY.
+
+    A raw TCP connection closes at once unless it is relaying (then --drain-timeout ends it).
+    """
+    if isinstance(connection, H1Connection | TcpFront):
         connection.drain()
     else:
         connection.close()

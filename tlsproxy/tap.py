@@ -34,7 +34,7 @@ class Options(usage.Options):
             None,
             None,
             "URL of the app: http://host:port[/prefix], https://host[:port][/prefix] or "
-            "unix:/path/to.sock (required).",
+            "unix:/path/to.sock (required); with --mode tcp: tcp://host:port or unix:/path.",
         ],
         [
             "backend-ca",
@@ -91,6 +91,19 @@ class Options(usage.Options):
         ],
         ["access-log", None, None, "Combined Log Format access log: a file PATH, or - for stdout."],
         [
+            "access-log-format",
+            None,
+            None,
+            "combined (Combined Log Format) or json (a JSON object per line) [default: combined].",
+        ],
+        [
+            "metrics-listen",
+            None,
+            None,
+            "Serve Prometheus metrics at /metrics over plain HTTP on this Twisted endpoint, "
+            "e.g. tcp:9100:interface=127.0.0.1 (docs/metrics.md) [default: none].",
+        ],
+        [
             "redirect-http",
             None,
             None,
@@ -104,10 +117,24 @@ class Options(usage.Options):
             "Seconds SIGTERM lets in-flight requests finish before cutting them off.",
         ],
         [
+            "mode",
+            None,
+            "http",
+            "http: proxy HTTP requests; tcp: relay the decrypted bytes to a tcp://host:port or "
+            "unix:/path backend (any protocol; docs/tcp-mode.md).",
+        ],
+        [
+            "send-proxy-protocol",
+            None,
+            None,
+            "With --mode tcp: send a PROXY protocol header (v1 or v2) naming the client first.",
+        ],
+        [
             "tunnel-idle-timeout",
             None,
             None,
-            "Seconds a websocket or other upgraded connection may stay silent [default: no limit].",
+            "Seconds a websocket, other upgraded connection or --mode tcp connection may stay "
+            "silent [default: no limit].",
         ],
     ]
 

@@ -36,6 +36,7 @@ from tlsproxy.config import parse_backend
 from tlsproxy.deadline import DeadlineSweeper
 from tlsproxy.http.h1 import FrontSettings, H1Connection
 from tlsproxy.http.headers import IPNetwork
+from tlsproxy.metrics import Metrics
 
 Address = IPv4Address | IPv6Address
 
@@ -218,6 +219,7 @@ class Proxy:
         self.sweeper = DeadlineSweeper(clock=self.clock)
         self.log_stream = StringIO()
         self.access_log = AccessLog(self.log_stream, clock=_WallClock(self.clock))
+        self.metrics = Metrics(seconds=self.clock.seconds)  # durations move with clock.advance
         self.settings = FrontSettings(
             pool=self.pool,
             sweeper=self.sweeper,
@@ -227,6 +229,7 @@ class Proxy:
             backend_timeout=self.backend_timeout,
             max_header_bytes=self.max_header_bytes,
             access_log=self.access_log if self.log_access else None,
+            metrics=self.metrics,
         )
         self._connects_handled = 0
 

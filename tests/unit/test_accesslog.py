@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 
-from tlsproxy.accesslog import AccessLog
+from tests.unit.harness import Proxy, request, response
+from tlsproxy.accesslog import AccessLog, JsonAccessLog
 from tlsproxy.http.headers import Header
 
 JUNE_1_NOON = 1_780_315_200.0  # 2026-06-01 12:00:00 UTC
@@ -116,3 +118,64 @@ def test_flush_and_close_reach_the_stream() -> None:
     assert stream.flushed == 1
     log.close()
     assert stream.closed
+
+
+def test_json_line_holds_every_field() -> None:
+    """--access-log-format json: one JSON object per line with the named fields, time in UTC."""
+    stream = io.StringIO()
+    JsonAccessLog(stream, clock=FakeTime()).record(
+        client=b"203.0.113.7",
+        method=b"GET",
+        target=b'/a?"b"',
+        version=b"HTTP/1.1",
+        status=200,
+        size=5,
+        headers=[(b"Host", b"x.example"), (b"User-Agent", b"caf\xe9"), (b"Referer", b"r")],
+        duration=0.0125,
+    )
+    line = stream.getvalue()
+    assert line.endswith("}\n")
+    assert line.count("\n") == 1
+    assert json.loads(line) == {
+        "time": "2026-06-01T12:00:00Z",
+        "client": "203.0.113.7",
+        "method": "GET",
+        "target": '/a?"b"',
+        "protocol": "HTTP/1.1",
+        "status": 200,
+        "bytes": 5,
+        "duration_ms": 12.5,
+        "referer": "r",
+        "user_agent": "caf\u00e9",
+        "host": "x.example",
+    }
+
+
+def test_json_line_of_a_refused_request_has_nulls() -> None:
+    """A request refused before its head was understood logs null method, target and duration."""
+    stream = io.StringIO()
+    JsonAccessLog(stream, clock=FakeTime()).record(
+        client=b"::1", method=b"", target=b"", version=b"HTTP/1.1", status=400, size=0, headers=[]
+    )
+    entry = json.loads(stream.getvalue())
+    assert (entry["method"], entry["target"], entry["duration_ms"]) == (None, None, None)
+    assert (entry["referer"], entry["user_agent"], entry["host"]) == (None, None, None)
+
+
+def test_json_lines_from_real_exchanges_carry_their_duration() -> None:
+    """The h1 front logs each exchange as valid JSON with the time from head to response end."""
+    proxy = Proxy(log_access=True)
+    proxy.access_log = JsonAccessLog(proxy.log_stream, clock=FakeTime())
+    object.__setattr__(proxy.settings, "access_log", proxy.access_log)
+    client = proxy.connect()
+    client.send(request(headers=[b"User-Agent: t"]))
+    backend = proxy.accept()
+    proxy.clock.advance(0.25)
+    backend.send(response(body=b"hi"))
+    entries = [json.loads(line) for line in proxy.log_lines()]
+    assert len(entries) == 1
+    assert entries[0]["status"] == 200
+    assert entries[0]["bytes"] == 2
+    assert entries[0]["host"] == "example.com"
+    assert entries[0]["user_agent"] == "t"
+    assert entries[0]["duration_ms"] == 250.0

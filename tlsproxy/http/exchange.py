@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from tlsproxy import metrics as kinds
 from tlsproxy.http.headers import (
     Header,
     ResponseHead,
@@ -21,6 +22,7 @@ from tlsproxy.http.headers import (
 
 if TYPE_CHECKING:
     from tlsproxy.backend import BackendConnection, BackendPool
+    from tlsproxy.metrics import Metrics
 
 # Statuses whose responses never have a body, whatever their headers say (RFC 9110 §6.4.1).
 _BODYLESS = frozenset({204, 304})
@@ -58,6 +60,7 @@ class Exchange:
         "_close_delimited",
         "_head",
         "_head_request",
+        "_metrics",
         "_pending",
         "_pool",
         "_retried",
@@ -80,10 +83,12 @@ class Exchange:
         has_body: bool,
         chunked: bool,
         head_request: bool,
+        metrics: Metrics,
         upgrade: bool = False,
     ) -> None:
         self.front = front
         self._pool = pool
+        self._metrics = metrics
         self._head = head
         self._chunked = chunked
         self._head_request = head_request
@@ -119,6 +124,7 @@ class Exchange:
         self._pending = None
         if self.response_done:  # the client left while we were connecting
             return
+        self._metrics.backend_errors[kinds.CONNECT] += 1
         self._fail(
             502,
             f"tlsproxy could not connect to the backend {self.backend_url}: {why}. "
@@ -166,6 +172,7 @@ class Exchange:
 
     def timed_out(self) -> None:
         """The backend made no progress within --backend-timeout."""
+        self._metrics.backend_errors[kinds.TIMEOUT] += 1
         if self.response_started:
             self._abort()
         else:
@@ -226,6 +233,10 @@ class Exchange:
         self.front.exchange_ended(self)
 
     def backend_failed(self, why: str) -> None:
+        # Before a connection was handed over, the only failure backend.py reports is the TLS
+        # handshake with an https backend; after, a response it could not parse.
+        kind = kinds.TLS if self.connection is None else kinds.MALFORMED
+        self._metrics.backend_errors[kind] += 1
         if self.response_started:
             self._abort()
         else:
@@ -243,6 +254,7 @@ class Exchange:
                 self.front.flush()
                 self.front.exchange_ended(self)
             else:
+                self._metrics.backend_errors[kinds.CLOSED] += 1
                 self._abort()
         elif connection.served and not self._retried:
             # Rule 2 of backend.py: a reused connection the backend was closing. Try a fresh one.
@@ -250,6 +262,7 @@ class Exchange:
             self._pending = [self._head]
             self._pool.acquire(self)
         else:
+            self._metrics.backend_errors[kinds.CLOSED] += 1
             self._fail(
                 502,
                 f"the backend {self.backend_url} closed the connection without answering.",

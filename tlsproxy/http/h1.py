@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
@@ -47,6 +47,7 @@ from tlsproxy.http.headers import (
 )
 from tlsproxy.http.pipeline import Pipeline
 from tlsproxy.http.target import backend_target
+from tlsproxy.metrics import Metrics
 from tlsproxy.relay import Relay
 
 log = Logger()
@@ -73,6 +74,7 @@ class FrontSettings:
     alpn_takeover: Callable[[bytes, H1Connection], IProtocol] | None = None
     tunnel_idle_timeout: float | None = None  # for upgraded connections; None: no limit
     hsts: bytes = b""  # --hsts: the Strict-Transport-Security value for every response
+    metrics: Metrics = field(default_factory=Metrics)  # counted always; served if --metrics-listen
 
 
 @implementer(IHandshakeListener)
@@ -100,6 +102,7 @@ class H1Connection(Protocol):
         "_read_size",
         "_response",
         "_settings",
+        "_started",
         "_sweeper",
         "_trailers",
         "_tunnel",
@@ -124,6 +127,7 @@ class H1Connection(Protocol):
         self._head_bytes = 0  # bytes read in earlier reads while this request head was arriving
         self._read_size = 0  # bytes in the read being parsed now
         self._exchange: Exchange | None = None
+        self._started = 0.0  # when this exchange's head was complete, by settings.metrics.seconds
         self._pipeline: Pipeline | None = None  # requests sent ahead of their turn
         self._holds: set[str] = set()
         self._response = ResponseWriter(hsts=settings.hsts)
@@ -341,9 +345,11 @@ class H1Connection(Protocol):
         close_after = not keep_alive or (self._http10 and head.chunked) or self._draining
         self._response.start(http10=self._http10, close_after=close_after)
         self.deadline = self._sweeper.now + settings.backend_timeout
+        self._started = settings.metrics.seconds()
         exchange = Exchange(
             front=self,
             pool=settings.pool,
+            metrics=settings.metrics,
             head=request,
             has_body=has_body,
             chunked=head.chunked,
@@ -359,7 +365,9 @@ class H1Connection(Protocol):
             return
         exchange = self._exchange
         if exchange is not None:
-            self.deadline = self._sweeper.now + self._settings.backend_timeout
+            settings = self._settings
+            settings.metrics.request_body_bytes += len(data)
+            self.deadline = self._sweeper.now + settings.backend_timeout
             exchange.request_body(data)
 
     def on_message_complete(self) -> None:
@@ -543,7 +551,8 @@ class H1Connection(Protocol):
             return
         response = self._response
         response.error(status, reason, close=True)
-        self._log_request(status, response.size)
+        self._settings.metrics.rejected(status, response.size)
+        self._log_request(status, response.size, None)
         log.info(
             "rejected a request from {client}: {status} {reason}",
             client=self.client.address.decode() if self.client else "?",
@@ -587,10 +596,15 @@ class H1Connection(Protocol):
         getattr(transport, "transport", transport).abortConnection()
 
     def _log_exchange(self) -> None:
-        if self._exchange is not None and self._settings.access_log is not None:
-            self._log_request(self._exchange.status, self._response.size)
+        exchange = self._exchange
+        if exchange is not None:
+            metrics = self._settings.metrics
+            metrics.exchange_ended(exchange.status, self._response.size, self._started)
+            if self._settings.access_log is not None:
+                duration = metrics.seconds() - self._started
+                self._log_request(exchange.status, self._response.size, duration)
 
-    def _log_request(self, status: int, size: int) -> None:
+    def _log_request(self, status: int, size: int, duration: float | None) -> None:
         access_log = self._settings.access_log
         if access_log is None or self.client is None:
             return
@@ -602,4 +616,5 @@ class H1Connection(Protocol):
             status=status,
             size=size,
             headers=self._headers,
+            duration=duration,
         )

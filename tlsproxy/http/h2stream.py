@@ -63,6 +63,7 @@ class H2Stream:
         "_request_ended",
         "_response_bytes",
         "_response_sent",
+        "_started",
         "_status",
         "_target",
         "_trailers",
@@ -95,6 +96,7 @@ class H2Stream:
         self._headers: Sequence[Header] = ()
         self._status = 0
         self._response_bytes = 0
+        self._started = 0.0  # when the exchange began, by settings.metrics.seconds
 
     # -- from the connection: the client's frames ------------------------------------------------
 
@@ -132,9 +134,11 @@ class H2Stream:
             self._log()
             return
         self._head_request = request.method == b"HEAD"
+        self._started = settings.metrics.seconds()
         exchange = Exchange(
             front=self,
             pool=settings.pool,
+            metrics=settings.metrics,
             head=request.head,
             has_body=request.has_body,
             chunked=request.chunked,
@@ -151,6 +155,7 @@ class H2Stream:
             self._acknowledge(flow_controlled)
             return
         settings = self._connection.settings
+        settings.metrics.request_body_bytes += len(data)
         self.deadline = settings.sweeper.now + settings.backend_timeout
         exchange.request_body(data)
         if self._holds:  # taken, but not consumed (rule 1)
@@ -392,17 +397,27 @@ class H2Stream:
         self._connection.stream_finished(self)
 
     def _log(self) -> None:
-        access_log = self._connection.settings.access_log
+        settings = self._connection.settings
+        metrics = settings.metrics
+        exchange = self.exchange
+        status = exchange.status if exchange is not None and exchange.status else self._status
+        duration: float | None = None
+        if exchange is not None:
+            metrics.exchange_ended(status, self._response_bytes, self._started)
+            duration = metrics.seconds() - self._started
+        else:  # refused before an exchange began
+            metrics.rejected(status, self._response_bytes)
+        access_log = settings.access_log
         client = self._connection.client
         if access_log is None or client is None:
             return
-        exchange = self.exchange
         access_log.record(
             client=client.address,
             method=self._method,
             target=self._target,
             version=b"HTTP/2.0",
-            status=exchange.status if exchange is not None and exchange.status else self._status,
+            status=status,
             size=self._response_bytes,
             headers=self._headers,
+            duration=duration,
         )

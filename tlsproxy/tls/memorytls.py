@@ -19,10 +19,13 @@ Rules:
    the application's deadline bounds how long. With a producer registered it waits for
    ``unregisterProducer``, since the producer may still write.
 4. ``abortConnection`` resets TCP without close_notify: a truncated response must look truncated.
-5. The client's close_notify is answered with ours (unless ours went first), and TCP is closed.
+5. The client's close_notify is answered with ours (unless ours went first), and TCP is closed;
+   unless the application is half-closeable (raw TCP mode): then it hears ``readConnectionLost``
+   and may still send before it closes.
 6. A TLS error (not TLS at all, no shared cipher or version, a bad record) sends OpenSSL's alert
    and closes TCP, without a log line: scanners and confused clients are normal on a public port.
-   The application's ``connectionLost`` gets the ``ssl.SSLError`` as its reason.
+   The application's ``connectionLost`` gets the ``ssl.SSLError`` as its reason. A failed
+   handshake (and plain HTTP answered) is counted in the factory's ``metrics``, if it has one.
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ from __future__ import annotations
 import contextlib
 import ssl
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import interfaces
 from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
     IHandshakeListener,
     ILoggingContext,
     IProtocol,
@@ -42,6 +46,11 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from tlsproxy.metrics import HTTP_REQUEST, handshake_reason
+
+if TYPE_CHECKING:
+    from tlsproxy.metrics import Metrics
 
 _READ_SIZE = 65536  # four full records; SSLObject.read returns at most one record's worth
 
@@ -122,6 +131,12 @@ class MemoryTLS(Protocol):
                 self._fail(error)
                 return
             if not chunk:  # the client's close_notify (rule 5)
+                wrapped = self.wrappedProtocol
+                if self._open and IHalfCloseableProtocol.providedBy(wrapped):
+                    # TLS 1.3 half-close (raw TCP mode): the client may still read our answer.
+                    self._reading = False
+                    wrapped.readConnectionLost()
+                    return
                 self.disconnecting = True
                 self._reading = False
                 self._shut_down()
@@ -269,6 +284,9 @@ class MemoryTLS(Protocol):
 
     def _fail(self, error: ssl.SSLError) -> None:
         """TLS cannot go on: send OpenSSL's alert and close TCP, quietly (rule 6)."""
+        metrics = self.factory.metrics
+        if metrics is not None and not self._handshake_done:
+            metrics.handshake_failures[handshake_reason(error.reason)] += 1
         self._reason = Failure(error)
         self._open = self._reading = False
         self.disconnecting = True
@@ -277,6 +295,9 @@ class MemoryTLS(Protocol):
 
     def _answer_plain(self) -> None:
         """Answer a plain-text client (HTTP on the TLS port) with the factory's hint, and close."""
+        metrics = self.factory.metrics
+        if metrics is not None:
+            metrics.handshake_failures[HTTP_REQUEST] += 1
         self._open = False
         self.disconnecting = True
         self.transport.write(self.factory.plain_answer)
@@ -294,14 +315,21 @@ class MemoryTLSFactory(Factory[MemoryTLS]):
     ``plain_answer``: bytes written back, before closing, to a client whose first byte is a
     letter (plain HTTP on the TLS port); empty to treat it as any other failed handshake.
     ``context`` may be replaced at any time; each connection keeps the one it started with.
+    ``metrics``: where failed handshakes are counted, if anywhere.
     """
 
     noisy = False
 
     def __init__(
-        self, context: ssl.SSLContext, wrapped: IProtocolFactory, *, plain_answer: bytes = b""
+        self,
+        context: ssl.SSLContext,
+        wrapped: IProtocolFactory,
+        *,
+        plain_answer: bytes = b"",
+        metrics: Metrics | None = None,
     ) -> None:
         self.context = context
+        self.metrics = metrics
         self.wrappedFactory = wrapped
         self.plain_answer = plain_answer
 
