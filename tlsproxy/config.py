@@ -25,7 +25,12 @@ from tlsproxy.backend import BackendAddress
 from tlsproxy.http.headers import IPNetwork
 from tlsproxy.tls.certstore import CertificateError, LoadedCertificate, load_certificate
 from tlsproxy.tls.client import BackendTLS
-from tlsproxy.tls.devca import DevCertificates, ensure_dev_certificates
+from tlsproxy.tls.devca import (
+    LEAF_CERT_NAME,
+    LEAF_KEY_NAME,
+    DevCertificates,
+    ensure_dev_certificates,
+)
 
 DEFAULT_PORT = 8443
 DEFAULT_INTERFACES = ("127.0.0.1", "::1")
@@ -75,6 +80,7 @@ class Config:
     # Reloaded on SIGHUP; None (tests that build a Config by hand): reload keeps what is loaded.
     certificate_source: CertificateSource | None = None
     drain_timeout: float = 30.0  # --drain-timeout: SIGTERM waits this long for exchanges to end
+    watch_certs: bool = False  # --watch-certs: reload when the certificate files change
     notify_socket: str | None = None  # $NOTIFY_SOCKET: where systemd reads sd_notify datagrams
     watchdog_usec: int | None = None  # $WATCHDOG_USEC, when $WATCHDOG_PID is absent or ours
     metrics_listen: str | None = None  # --metrics-listen: plain-HTTP endpoint for /metrics
@@ -425,6 +431,13 @@ class CertificateSource:
     certs_dir: Path
     hostnames: tuple[str, ...]  # --hostname, for the development certificate
 
+    def files(self) -> tuple[Path, ...]:
+        """The files a reload reads, for ``--watch-certs``."""
+        if self.cert is None:
+            return tuple(self.certs_dir / name for name in (LEAF_CERT_NAME, LEAF_KEY_NAME))
+        named = (self.cert, self.key, self.passphrase_file)
+        return tuple(path for path in named if path is not None)
+
     def load(self, *, now: datetime) -> tuple[LoadedCertificate, DevCertificates | None]:
         """Read and check every file now; raise :class:`ConfigError` naming the file and fix."""
         passphrase = None
@@ -547,6 +560,7 @@ def build_config(
         dev_certificates=dev,
         certificate_source=source,
         drain_timeout=_positive(options, "drain-timeout"),
+        watch_certs=bool(options.get("watch_certs")),
         limits=limits,
         access_log=access_log,
         trusted_proxies=trusted,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any, Generic, TypeVar
 
@@ -101,6 +102,62 @@ class ReloadSignal:
 
 
 # -- the drain (rules 3 to 5) -------------------------------------------------------------------
+
+
+FileState = tuple[tuple[int, int, int] | None, ...]
+
+
+def file_state(paths: Collection[Path]) -> FileState:
+    """What identifies each file's content cheaply: inode, size, mtime (None: missing)."""
+    states: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            info = path.stat()
+        except OSError:
+            states.append(None)
+        else:
+            states.append((info.st_ino, info.st_size, info.st_mtime_ns))
+    return tuple(states)
+
+
+class CertificateWatcher:
+    """``--watch-certs``: reload when the certificate files change, as certbot renews them.
+
+    A change is acted on once the files have stayed the same for one more check, so a renewal
+    that writes the certificate and the key one after the other is loaded whole. A reload that
+    fails is not tried again until the files change again (no log line every interval).
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        paths: Collection[Path],
+        reload: Callable[[], object],
+        interval: float = 2.0,
+    ) -> None:
+        self._paths = tuple(paths)
+        self._reload = reload
+        self._loaded = file_state(self._paths)  # what the serving certificate was read from
+        self._seen = self._loaded
+        self._loop = LoopingCall(self.check)
+        self._loop.clock = clock
+        self._interval = interval
+
+    def start(self) -> None:
+        self._loop.start(self._interval, now=False)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def check(self) -> None:
+        state = file_state(self._paths)
+        settled = state == self._seen
+        self._seen = state
+        if settled and state != self._loaded:
+            self._loaded = state
+            self._reload()
 
 
 class Drain(Generic[C]):

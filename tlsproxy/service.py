@@ -26,7 +26,14 @@ from tlsproxy.frameworks import hint_lines
 from tlsproxy.http.h1 import FrontSettings, H1Connection
 from tlsproxy.http.h2 import H2Connection
 from tlsproxy.http.redirect import RedirectFactory
-from tlsproxy.lifecycle import Drain, ReloadFailed, ReloadSignal, attempt_reload, exit_cleanly
+from tlsproxy.lifecycle import (
+    CertificateWatcher,
+    Drain,
+    ReloadFailed,
+    ReloadSignal,
+    attempt_reload,
+    exit_cleanly,
+)
 from tlsproxy.listen import (
     FrontConnection,
     FrontFactory,
@@ -119,6 +126,12 @@ class ProxyService(Service):
         self.certificate = config.certificate  # what new handshakes use; replaced by reloads
         self._tls: IProtocolFactory | None = None
         self._reload_signal = ReloadSignal(reactor=reactor, reload=self.reload_certificates)
+        source = config.certificate_source
+        self._watcher = (
+            CertificateWatcher(clock=reactor, paths=source.files(), reload=self.reload_certificates)
+            if config.watch_certs and source is not None
+            else None
+        )
         self.notifier = SystemdNotifier(
             notify_socket=config.notify_socket,
             watchdog_usec=config.watchdog_usec,
@@ -267,11 +280,15 @@ class ProxyService(Service):
         for line in self._banner():
             log.info("{line}", line=line)
         self._reload_signal.install()  # twistd leaves SIGHUP deadly; here it reloads
+        if self._watcher is not None:
+            self._watcher.start()
         self.notifier.ready()  # systemd: READY=1, after every listener is open
 
     def stopService(self) -> defer.Deferred[None]:
         self.notifier.stopping()  # systemd: STOPPING=1, before anything closes
         super().stopService()  # type: ignore[no-untyped-call]
+        if self._watcher is not None:
+            self._watcher.stop()
         stopped = [
             defer.maybeDeferred(port.stopListening) for port in self.ports + self.redirect_ports
         ]

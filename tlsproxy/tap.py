@@ -141,6 +141,11 @@ class Options(usage.Options):
     optFlags: ClassVar[list[list[str | None]]] = [
         ["no-http2", None, "Offer only HTTP/1.1 (no h2 in ALPN)."],
         [
+            "watch-certs",
+            None,
+            "Reload the certificate when its files change (e.g. certbot renewals), as SIGHUP does.",
+        ],
+        [
             "insecure-backend",
             None,
             "Do not verify an https:// backend's certificate (testing only; logged as a warning).",

@@ -195,3 +195,32 @@ def test_reloads_under_load_fail_no_request(
     assert _der_seen(proxy) == newest  # the broken files of the last rounds changed nothing
     with socket.create_connection((proxy.host, proxy.port), timeout=5):
         pass
+
+
+def test_watch_certs_reloads_when_the_files_change(
+    proxy_factory: ProxyFactory, backend: Backend, tmp_path: Path
+) -> None:
+    """With --watch-certs, replacing the files (as certbot does) is enough: new handshakes get
+    the new certificate within a few seconds, and a broken replacement keeps the last good one."""
+    ca, ca_path = _pki(tmp_path)
+    cert, key = write_pair(tmp_path, issue("first.test", issuer=ca))
+    proxy = proxy_factory("--cert", str(cert), "--key", str(key), "--watch-certs", trust=ca_path)
+    first = _der_seen(proxy)
+    renewed = issue("renewed.test", issuer=ca)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    new_cert, new_key = write_pair(staging, renewed)
+    os.replace(new_key, key)
+    os.replace(new_cert, cert)
+    deadline = time.monotonic() + 15
+    while _der_seen(proxy) == first and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _der_seen(proxy) == _der(renewed)
+    assert re.search(RELOADED, proxy.output())
+
+    cert.write_bytes(b"half-written renewal\n")
+    deadline = time.monotonic() + 15
+    while not re.search(FAILED, proxy.output()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert str(cert) in re.findall(FAILED, proxy.output())[-1]
+    assert _der_seen(proxy) == _der(renewed)

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from twisted.internet.task import Clock
 
 from tlsproxy.config import ConfigError
-from tlsproxy.lifecycle import Drain, Reloaded, ReloadFailed, ReloadSignal, attempt_reload
+from tlsproxy.lifecycle import (
+    CertificateWatcher,
+    Drain,
+    Reloaded,
+    ReloadFailed,
+    ReloadSignal,
+    attempt_reload,
+)
 
 
 def test_reload_that_loads_is_used() -> None:
@@ -139,3 +147,53 @@ def test_drain_aborts_what_is_left_at_the_deadline() -> None:
     clock.advance(0.1)
     assert done.called
     assert not clock.getDelayedCalls()
+
+
+# --- --watch-certs ------------------------------------------------------------------------------
+
+
+def test_watcher_reloads_once_the_changed_files_have_settled(tmp_path: Path) -> None:
+    """A renewal writes the files; the reload comes one check after they stop changing, once."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(b"old cert")
+    key.write_bytes(b"old key")
+    clock, reloads = Clock(), list[int]()
+    watcher = CertificateWatcher(
+        clock=clock, paths=[cert, key], reload=lambda: reloads.append(1), interval=2.0
+    )
+    watcher.start()
+    clock.advance(2)
+    assert reloads == []  # nothing changed
+    cert.write_bytes(b"new certificate")
+    clock.advance(2)
+    assert reloads == []  # changed, not yet settled (the key may follow)
+    key.write_bytes(b"new key, longer")
+    clock.advance(2)
+    assert reloads == []  # changed again
+    clock.advance(2)
+    assert reloads == [1]  # settled: one reload
+    clock.advance(10)
+    assert reloads == [1]  # and no more until the files change again
+    watcher.stop()
+
+
+def test_watcher_does_not_retry_a_failed_reload_until_the_files_change(tmp_path: Path) -> None:
+    """A broken renewal is reported once, not at every check; fixing the files reloads again."""
+    cert = tmp_path / "cert.pem"
+    cert.write_bytes(b"good")
+    clock, reloads = Clock(), list[int]()
+    watcher = CertificateWatcher(clock=clock, paths=[cert], reload=lambda: reloads.append(1))
+    watcher.start()
+    cert.write_bytes(b"broken!")
+    clock.advance(2)
+    clock.advance(2)
+    clock.advance(20)
+    assert reloads == [1]
+    cert.write_bytes(b"fixed again")
+    clock.advance(2)
+    clock.advance(2)
+    assert reloads == [1, 1]
+    cert.unlink()  # a file that vanishes is a change too (the reload then says what is missing)
+    clock.advance(2)
+    clock.advance(2)
+    assert reloads == [1, 1, 1]
