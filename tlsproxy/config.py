@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from tlsproxy.backend import BackendAddress
 from tlsproxy.http.headers import IPNetwork
@@ -88,6 +89,8 @@ class Config:
     proxy_protocol: bool = False  # --proxy-protocol: a PROXY header first, from trusted_proxies
     mode: str = "http"  # --mode: "http" proxies requests, "tcp" relays bytes (docs/tcp-mode.md)
     send_proxy_protocol: str | None = None  # --send-proxy-protocol v1|v2 to the backend (tcp mode)
+    client_ca: bytes | None = None  # --client-ca: PEM CAs client certificates must chain to
+    client_auth: str = "required"  # --client-auth: "required" or "optional" (with --client-ca)
 
 
 def parse_backend(url: str) -> BackendAddress:
@@ -321,6 +324,38 @@ def _read_backend_ca(path: Path) -> bytes:
     return data
 
 
+def _client_auth(options: Mapping[str, Any]) -> tuple[bytes | None, str]:
+    """``--client-ca`` (its certificates, as clean PEM) and ``--client-auth``; see docs/mtls.md."""
+    ca, auth = options.get("client_ca"), options.get("client_auth")
+    if auth is not None:
+        auth = auth.lower()
+        if auth not in ("required", "optional"):
+            raise ConfigError(f"--client-auth {auth!r}: use required or optional")
+        if ca is None:
+            raise ConfigError(
+                f"--client-auth {auth} needs --client-ca: the PEM CA certificate(s) that "
+                "client certificates must be signed by"
+            )
+    if ca is None:
+        return None, "required"
+    path = Path(ca)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"--client-ca {path}: cannot read it ({e.strerror})") from None
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        certificates = []
+    if not certificates:
+        raise ConfigError(
+            f"--client-ca {path}: no PEM certificate in it; give the CA certificate that signs "
+            "your client certificates (-----BEGIN CERTIFICATE-----)"
+        )
+    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
+    return pem, auth or "required"
+
+
 def _positive(options: Mapping[str, Any], name: str, *, integer: bool = False) -> Any:
     raw = options[name.replace("-", "_")]
     try:
@@ -551,6 +586,7 @@ def build_config(
     if access_log not in (None, "-"):
         _check_log_file(Path(access_log))
     notify_socket, watchdog_usec = systemd_environment(environ or {}, pid=os.getpid())
+    client_ca, client_auth = _client_auth(options)
     source = _certificate_source(options)
     certificate, dev = source.load(now=now)
     return Config(
@@ -581,4 +617,6 @@ def build_config(
         access_log_format=_access_log_format(options),
         mode=mode,
         send_proxy_protocol=send_proxy_protocol,
+        client_ca=client_ca,
+        client_auth=client_auth,
     )

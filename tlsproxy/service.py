@@ -107,6 +107,7 @@ class ProxyService(Service):
             tunnel_idle_timeout=config.tunnel_idle_timeout,
             hsts=b"max-age=%d" % config.hsts_seconds if config.hsts_seconds else b"",
             metrics=self.metrics,
+            client_certificates=config.client_ca is not None,
         )
         # ALPN offers h2 only when a protocol is there to take the connection over.
         takeovers: dict[bytes, Takeover] = {}
@@ -212,8 +213,16 @@ class ProxyService(Service):
 
     def _server_tls(self, certificate: LoadedCertificate) -> ServerTLS:
         """Handshake state for ``certificate``, built completely now (a bad pair fails here)."""
+        config = self.config
         if TLS_ENGINE == "stdlib":
-            return server_ssl_context(certificate, alpn=self.alpn)
+            return server_ssl_context(
+                certificate,
+                alpn=self.alpn,
+                client_ca=config.client_ca,
+                client_auth=config.client_auth,
+            )
+        if config.client_ca is not None:  # MemoryTLS alone hands the certificate on
+            raise ValueError("--client-ca needs the stdlib TLS engine (policy.TLS_ENGINE)")
         if TLS_ENGINE == "pyopenssl":
             return server_connection_creator(certificate, alpn=self.alpn)
         raise ValueError(f"unknown TLS_ENGINE {TLS_ENGINE!r}: 'pyopenssl' or 'stdlib'")

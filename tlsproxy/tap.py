@@ -48,6 +48,20 @@ class Options(usage.Options):
             None,
             "Name to send (SNI) and verify for an https:// backend [default: its URL's host].",
         ],
+        [
+            "client-ca",
+            None,
+            None,
+            "PEM CA certificate(s) that sign client certificates: ask clients for one "
+            "(mTLS; docs/mtls.md).",
+        ],
+        [
+            "client-auth",
+            None,
+            None,
+            "With --client-ca: required (no certificate, no connection) or optional "
+            "[default: required].",
+        ],
         ["port", None, str(DEFAULT_PORT), "TLS port on each --interface."],
         ["cert", None, None, "PEM certificate (its chain may follow; may hold the key too)."],
         ["key", None, None, "PEM private key for --cert (default: look in the --cert file)."],

@@ -75,6 +75,8 @@ class FrontSettings:
     tunnel_idle_timeout: float | None = None  # for upgraded connections; None: no limit
     hsts: bytes = b""  # --hsts: the Strict-Transport-Security value for every response
     metrics: Metrics = field(default_factory=Metrics)  # counted always; served if --metrics-listen
+    # --client-ca: the TLS layer asks for client certificates, and requests carry X-Client-*.
+    client_certificates: bool = False
 
 
 @implementer(IHandshakeListener)
@@ -161,11 +163,16 @@ class H1Connection(Protocol):
         self.deadline = self._sweeper.now + self._settings.header_timeout
 
     def handshakeCompleted(self) -> None:
-        """TLS is up: if ALPN chose another protocol, hand the connection over to it."""
+        """TLS is up: if ALPN chose another protocol, hand the connection over to it.
+
+        With --client-ca, the client certificate is described here, once per connection.
+        """
+        transport: Any = self.transport
+        if self._settings.client_certificates and self.client is not None:
+            self.client = self.client.with_certificate(transport.peer_certificate_der())
         takeover = self._settings.alpn_takeover
         if takeover is None:
             return
-        transport: Any = self.transport
         negotiated = transport.negotiatedProtocol
         if negotiated in (None, b"http/1.1"):
             return

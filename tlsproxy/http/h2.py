@@ -131,6 +131,8 @@ class H2Connection(Protocol):
         self.client = ClientInfo.for_peer(
             getattr(peer, "host", ""), getattr(host, "port", 0), self.settings.trusted_proxies
         )
+        if self.settings.client_certificates:  # h2 starts after the handshake: it is known
+            self.client = self.client.with_certificate(transport.peer_certificate_der())
         transport.registerProducer(self, True)
         self._sweeper.track(self)
         self._window_start = self._sweeper.now

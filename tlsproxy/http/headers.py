@@ -12,6 +12,9 @@ Rules, in the order they apply to a request head:
    headers, which the proxy writes again for the next hop.
 4. Forwarding headers (``X-Forwarded-*``, ``Forwarded``) are believed only from trusted peers, whose
    values we extend; anyone else's are dropped and replaced with what this hop saw.
+5. Client-certificate headers (``X-Client-Cert-Subject``, ``X-Client-Cert-SAN``,
+   ``X-Client-Cert-SHA256``, ``X-Client-Verified``) are dropped from every request, trusted peer
+   or not, with or without ``--client-ca``; only this hop writes them (docs/mtls.md).
 
 Everything that is the same for every request on a connection is computed once, in
 :class:`ClientInfo`, so the per-request work is one pass over the headers.
@@ -19,10 +22,14 @@ Everything that is the same for every request on a connection is computed once, 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from cryptography import x509
 
 Header = tuple[bytes, bytes]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -48,13 +55,23 @@ FORWARDING = frozenset(
         b"x-forwarded-proto",
     }
 )
+#: Headers only this hop writes (rule 5), describing the verified client certificate.
+CLIENT_CERTIFICATE = frozenset(
+    {
+        b"x-client-cert-subject",
+        b"x-client-cert-san",
+        b"x-client-cert-sha256",
+        b"x-client-verified",
+    }
+)
 # Connection tokens that name no header of their own and need no second pass.
 _PLAIN_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade", b"te", b""})
-_REQUEST_SPECIAL = HOP_BY_HOP | FORWARDING | {b"host"}
+_REQUEST_SPECIAL = HOP_BY_HOP | FORWARDING | CLIENT_CERTIFICATE | {b"host"}
 # RFC 9110 §6.5.1: what a trailer may not carry (framing, routing, authentication, controls).
 _NOT_IN_TRAILERS = (
     HOP_BY_HOP
     | FORWARDING
+    | CLIENT_CERTIFICATE
     | {
         b"authorization",
         b"cache-control",
@@ -102,7 +119,9 @@ class ClientInfo:
     port_line: bytes  # ``X-Forwarded-Port: 8443\r\n``, ready to send
     # When no earlier hop's values are kept, the forwarding lines are these two around the host.
     plain_prefix: bytes
-    plain_suffix: bytes
+    plain_suffix: bytes  # ends with ``certificate_lines``
+    # X-Client-* lines for the client certificate (--client-ca); empty without --client-ca.
+    certificate_lines: bytes = b""
 
     @classmethod
     def for_peer(
@@ -140,11 +159,93 @@ class ClientInfo:
             plain_suffix=b";proto=https\r\nX-Forwarded-Proto: https\r\n" + port_line,
         )
 
+    def with_certificate(self, der: bytes | None) -> ClientInfo:
+        """This client, on a connection whose (verified) client certificate is ``der``.
+
+        For a context that asks for client certificates only; once per connection, after the
+        handshake. The lines are folded into ``plain_suffix``, so requests pay nothing for them.
+        """
+        lines = client_certificate_lines(der)
+        return dataclasses.replace(
+            self, certificate_lines=lines, plain_suffix=self.plain_suffix + lines
+        )
+
+
+def client_certificate_lines(der: bytes | None) -> bytes:
+    """The X-Client-* header lines for a verified client certificate (None: the client sent none).
+
+    Memoised: a client reconnects with the same certificate, and parsing it costs more than a
+    dictionary lookup keyed by its bytes.
+    """
+    if der is None:
+        return b"X-Client-Verified: NONE\r\n"
+    known = _CERTIFICATES.get(der)
+    if known is None:
+        if len(_CERTIFICATES) >= _MAX_CERTIFICATES:
+            _CERTIFICATES.clear()
+        known = _CERTIFICATES[der] = _describe_certificate(der)
+    return known
+
+
+def _describe_certificate(der: bytes) -> bytes:
+    certificate = x509.load_der_x509_certificate(der)
+    lines = [
+        b"X-Client-Verified: SUCCESS\r\n",
+        b"X-Client-Cert-Subject: " + _header_safe(certificate.subject.rfc4514_string()) + b"\r\n",
+    ]
+    try:
+        alt_names = certificate.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        ).value
+    except x509.ExtensionNotFound:
+        alt_names = None
+    if alt_names is not None:
+        described = [_describe_alt_name(name) for name in alt_names]
+        if described:
+            lines.append(b"X-Client-Cert-SAN: " + b", ".join(described) + b"\r\n")
+    lines.append(b"X-Client-Cert-SHA256: " + hashlib.sha256(der).hexdigest().encode() + b"\r\n")
+    return b"".join(lines)
+
+
+def _describe_alt_name(name: x509.GeneralName) -> bytes:
+    """``DNS:a.example``, ``IP:192.0.2.1``, ``URI:spiffe://…``, ``email:a@b.example``, …"""
+    if isinstance(name, x509.DNSName):
+        kind, value = "DNS", name.value
+    elif isinstance(name, x509.IPAddress):
+        kind, value = "IP", str(name.value)
+    elif isinstance(name, x509.UniformResourceIdentifier):
+        kind, value = "URI", name.value
+    elif isinstance(name, x509.RFC822Name):
+        kind, value = "email", name.value
+    elif isinstance(name, x509.DirectoryName):
+        kind, value = "DirName", name.value.rfc4514_string()
+    elif isinstance(name, x509.RegisteredID):
+        kind, value = "RID", name.value.dotted_string
+    elif isinstance(name, x509.OtherName):  # its value is DER of a type we cannot know
+        kind, value = "othername", name.type_id.dotted_string
+    else:
+        kind, value = "unknown", type(name).__name__
+    # ", " separates the names: a comma inside one (a URI may hold one) is written %2C.
+    return kind.encode() + b":" + _header_safe(value).replace(b",", b"%2C")
+
+
+def _header_safe(text: str) -> bytes:
+    """``text`` as visible ASCII: any other byte of its UTF-8 becomes an RFC 4514 ``\\XX`` escape.
+
+    A CA may sign a name holding CR, LF or NUL; none of them may reach a header line.
+    """
+    raw = text.encode("utf-8", "surrogateescape")
+    if all(0x20 <= byte < 0x7F for byte in raw):
+        return raw
+    return b"".join(bytes([byte]) if 0x20 <= byte < 0x7F else b"\\%02X" % byte for byte in raw)
+
 
 # Parsing an address and matching it against networks costs more than a TLS record: clients
 # come back, so what was worked out for an address is kept (a bounded, self-clearing memo).
 _CLIENTS: dict[tuple[str, int, tuple[IPNetwork, ...]], ClientInfo] = {}
 _MAX_CLIENTS = 4096
+_CERTIFICATES: dict[bytes, bytes] = {}
+_MAX_CERTIFICATES = 1024
 
 
 @dataclass(slots=True)
@@ -197,6 +298,8 @@ def check_request_head(
             )
         elif lname == b"upgrade":
             upgrade = value
+        elif lname in CLIENT_CERTIFICATE:
+            pass  # rule 5: only this hop says what certificate the client showed
         elif client.trusted:
             if lname == b"x-forwarded-for":
                 forwarded_for.append(value)
@@ -262,14 +365,16 @@ def _forwarding_lines(
     lines = b"X-Forwarded-For: " + xff + b"\r\nForwarded: " + fwd + b"\r\n"
     if not kept:
         lines += b"X-Forwarded-Proto: https\r\n" + client.port_line
-        return lines if host is None else lines + b"X-Forwarded-Host: " + host + b"\r\n"
+        if host is not None:
+            lines += b"X-Forwarded-Host: " + host + b"\r\n"
+        return lines + client.certificate_lines
     if b"x-forwarded-proto" not in kept:
         lines += b"X-Forwarded-Proto: https\r\n"
     if b"x-forwarded-port" not in kept:
         lines += client.port_line
     if host is not None and b"x-forwarded-host" not in kept:
         lines += b"X-Forwarded-Host: " + host + b"\r\n"
-    return lines
+    return lines + client.certificate_lines
 
 
 def clean_trailers(trailers: Sequence[Header]) -> list[Header]:

@@ -26,6 +26,9 @@ Rules:
    and closes TCP, without a log line: scanners and confused clients are normal on a public port.
    The application's ``connectionLost`` gets the ``ssl.SSLError`` as its reason. A failed
    handshake (and plain HTTP answered) is counted in the factory's ``metrics``, if it has one.
+   The one exception to the silence: a client certificate refused (``--client-ca``: none sent
+   when one is required, or one that does not verify) is logged at info level, one line naming
+   the peer and the reason, since that is a client the operator set out to admit or refuse.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -52,11 +56,13 @@ from tlsproxy.metrics import HTTP_REQUEST, handshake_reason
 if TYPE_CHECKING:
     from tlsproxy.metrics import Metrics
 
+log = Logger()
+
 _READ_SIZE = 65536  # four full records; SSLObject.read returns at most one record's worth
 
 
 # Not INegotiated, which extends ISSLTransport and ITCPTransport: the TCP methods are the TCP
-# transport's (``transport``), and there is no client certificate to return.
+# transport's (``transport``); the client certificate is :meth:`MemoryTLS.peer_certificate_der`.
 @implementer(interfaces.ITransport, interfaces.IConsumer, interfaces.IPushProducer)
 class MemoryTLS(Protocol):
     """TLS between the TCP connection (``transport``) and the application (``wrappedProtocol``)."""
@@ -210,6 +216,15 @@ class MemoryTLS(Protocol):
         name = self._tls.selected_alpn_protocol()
         return name.encode("ascii") if name else None
 
+    def peer_certificate_der(self) -> bytes | None:
+        """The client's certificate (DER), verified against ``--client-ca``; None if none.
+
+        None too before the handshake completes, and when the context asks for no certificate.
+        """
+        if not self._handshake_done:
+            return None
+        return self._tls.getpeercert(binary_form=True)
+
     # -- IConsumer and IPushProducer: the TCP transport's, passed through (rule 2) --------------
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
@@ -287,6 +302,15 @@ class MemoryTLS(Protocol):
         metrics = self.factory.metrics
         if metrics is not None and not self._handshake_done:
             metrics.handshake_failures[handshake_reason(error.reason)] += 1
+        refused = _client_certificate_refused(error)
+        if refused is not None:
+            peer = self.transport.getPeer()
+            log.info(
+                "client certificate refused for {peer} port {port}: {reason}",
+                peer=getattr(peer, "host", "unknown"),
+                port=getattr(peer, "port", 0),
+                reason=refused,
+            )
         self._reason = Failure(error)
         self._open = self._reading = False
         self.disconnecting = True
@@ -307,6 +331,21 @@ class MemoryTLS(Protocol):
         data = self._outgoing.read()
         if data:
             self.transport.write(data)
+
+
+# OpenSSL's reasons when a server that asks for a client certificate gets none it can accept.
+_NO_CLIENT_CERTIFICATE = frozenset(
+    {"PEER_DID_NOT_RETURN_A_CERTIFICATE", "NO_CERTIFICATE_RETURNED", "NO_CERTIFICATES_RETURNED"}
+)
+
+
+def _client_certificate_refused(error: ssl.SSLError) -> str | None:
+    """Why a client certificate was refused, if that is what ``error`` says; else None."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"it does not verify against --client-ca ({error.verify_message})"
+    if error.reason in _NO_CLIENT_CERTIFICATE:
+        return "no certificate sent, and --client-auth is required"
+    return None
 
 
 class MemoryTLSFactory(Factory[MemoryTLS]):

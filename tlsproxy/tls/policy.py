@@ -14,6 +14,9 @@ Rules:
 5. Idle connections release their record buffers (``SSL_MODE_RELEASE_BUFFERS``).
 6. All of this is decided once per certificate, when the context is built; no Python runs per
    handshake beyond Twisted's own ALPN callback.
+7. Client certificates (``--client-ca``, stdlib engine only): the context asks every client for
+   one and verifies it against those CAs alone (``required``: no certificate, no handshake;
+   ``optional``: none is accepted, a bad one never is). See docs/mtls.md.
 """
 
 from __future__ import annotations
@@ -87,8 +90,15 @@ def server_connection_creator(
     return options
 
 
+CLIENT_AUTH_MODES = ("required", "optional")
+
+
 def server_ssl_context(
-    certificate: LoadedCertificate, *, alpn: Sequence[bytes] = HTTP1_ALPN
+    certificate: LoadedCertificate,
+    *,
+    alpn: Sequence[bytes] = HTTP1_ALPN,
+    client_ca: bytes | None = None,
+    client_auth: str = "required",
 ) -> stdlib_ssl.SSLContext:
     """The same policy as :func:`server_connection_creator`, as a stdlib context for MemoryTLS.
 
@@ -98,7 +108,12 @@ def server_ssl_context(
     handshake, and a client reconnects with one. Client-initiated renegotiation is refused
     (nginx refuses it too): MemoryTLS encrypts each write at once and has no place to hold one
     while a renegotiation runs.
+
+    ``client_ca``: PEM CA certificate(s) that client certificates must chain to (rule 7), with
+    ``client_auth`` "required" or "optional"; None asks clients for no certificate.
     """
+    if client_auth not in CLIENT_AUTH_MODES:
+        raise ValueError(f"client_auth must be 'required' or 'optional', got {client_auth!r}")
     protocols = list(alpn)
     if b"http/1.1" not in protocols:
         raise ValueError(f"ALPN must offer http/1.1, got {protocols!r}")
@@ -115,6 +130,12 @@ def server_ssl_context(
     context.set_alpn_protocols([name.decode("ascii") for name in protocols])
     # CPython already sets SSL_MODE_RELEASE_BUFFERS (rule 5) and a session ID context.
     _load_chain(context, certificate)
+    if client_ca is not None:
+        # Only these CAs: the context starts with an empty store (no system CAs are loaded).
+        context.load_verify_locations(cadata=client_ca.decode("ascii"))
+        context.verify_mode = (
+            stdlib_ssl.CERT_REQUIRED if client_auth == "required" else stdlib_ssl.CERT_OPTIONAL
+        )
     return context
 
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from tlsproxy.http.headers import (
     ClientInfo,
@@ -386,3 +392,139 @@ def test_an_empty_upgrade_is_no_upgrade() -> None:
     a 101 to it would start a tunnel while the parser reads on as HTTP."""
     head = check([(b"Host", b"a"), (b"Connection", b"upgrade"), (b"Upgrade", b" ")])
     assert head.upgrade is None
+
+
+# --- client certificates (rule 5) ----------------------------------------------------------
+
+
+def _client_certificate(subject: x509.Name, alt_names: list[x509.GeneralName]) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Header Test CA")]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+    )
+    if alt_names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+ALICE = _client_certificate(
+    x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example, Inc."),
+            x509.NameAttribute(NameOID.COMMON_NAME, "alice"),
+        ]
+    ),
+    [
+        x509.DNSName("alice.example.test"),
+        x509.RFC822Name("alice@example.test"),
+        x509.UniformResourceIdentifier("spiffe://example.test/a,b"),
+        x509.IPAddress(ipaddress.ip_address("192.0.2.5")),
+    ],
+)
+CLIENT_HEADERS = [
+    b"X-Client-Cert-Subject",
+    b"X-Client-Cert-SAN",
+    b"X-Client-Cert-SHA256",
+    b"X-Client-Verified",
+]
+
+
+@pytest.mark.parametrize("client", [UNTRUSTED, PROXY], ids=["untrusted", "trusted"])
+@pytest.mark.parametrize("name", [*CLIENT_HEADERS, b"x-client-cert-subject"])
+def test_client_sent_certificate_headers_are_always_dropped(
+    client: ClientInfo, name: bytes
+) -> None:
+    """Without --client-ca, and even from a trusted proxy: only this hop writes them."""
+    head = check([(b"Host", b"a.example"), (name, b"CN=mallory"), (b"Accept", b"*/*")], client)
+
+    assert not any(n.lower().startswith(b"x-client-") for n in names(head))
+    assert values(head, b"Accept") == [b"*/*"]
+
+
+def test_client_certificate_headers_are_not_allowed_in_trailers() -> None:
+    assert clean_trailers([(b"X-Client-Cert-Subject", b"CN=mallory"), (b"X-Ok", b"1")]) == [
+        (b"X-Ok", b"1")
+    ]
+
+
+def test_verified_certificate_is_described_in_our_headers() -> None:
+    client = UNTRUSTED.with_certificate(ALICE)
+    head = check(
+        [(b"Host", b"a.example"), (b"X-Client-Cert-Subject", b"CN=mallory")],
+        client,
+    )
+
+    assert values(head, b"X-Client-Verified") == [b"SUCCESS"]
+    assert values(head, b"X-Client-Cert-Subject") == [b"CN=alice,O=Example\\, Inc."]
+    assert values(head, b"X-Client-Cert-SAN") == [
+        b"DNS:alice.example.test, email:alice@example.test, "
+        b"URI:spiffe://example.test/a%2Cb, IP:192.0.2.5"
+    ]
+    assert values(head, b"X-Client-Cert-SHA256") == [hashlib.sha256(ALICE).hexdigest().encode()]
+    assert values(head, b"X-Forwarded-For") == [b"203.0.113.7"]  # the rest is unchanged
+
+
+@pytest.mark.parametrize("host", [None, b"a.example"])
+def test_certificate_headers_also_follow_a_trusted_proxys_forwarding_headers(
+    host: bytes | None,
+) -> None:
+    """The path that extends an earlier hop's values adds them too."""
+    headers = [(b"X-Forwarded-For", b"198.51.100.1")]
+    if host is not None:
+        headers.insert(0, (b"Host", host))
+    for kept in ([], [(b"X-Forwarded-Proto", b"http")]):
+        head = check(headers + kept, PROXY.with_certificate(ALICE), http10=True)
+
+        assert values(head, b"X-Client-Verified") == [b"SUCCESS"]
+        assert values(head, b"X-Client-Cert-Subject") == [b"CN=alice,O=Example\\, Inc."]
+        assert values(head, b"X-Forwarded-For") == [b"198.51.100.1, 10.1.2.3"]
+
+
+def test_no_certificate_is_said_plainly() -> None:
+    """--client-auth optional, and the client sent none: NONE and nothing else."""
+    head = check([(b"Host", b"a.example")], UNTRUSTED.with_certificate(None))
+
+    assert values(head, b"X-Client-Verified") == [b"NONE"]
+    assert [n for n in names(head) if n.lower().startswith(b"x-client-")] == [b"X-Client-Verified"]
+
+
+def test_without_client_ca_no_certificate_headers_are_added() -> None:
+    head = check([(b"Host", b"a.example")])
+
+    assert not any(n.lower().startswith(b"x-client-") for n in names(head))
+
+
+def test_a_name_with_line_breaks_cannot_break_the_header() -> None:
+    """A CA may sign a CN holding CR LF: it reaches the backend escaped, on one line."""
+    evil = _client_certificate(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "eve\r\nX-Admin: yes é")]),
+        [x509.DNSName("a\r\nb.example")],
+    )
+    head = check([(b"Host", b"a.example")], UNTRUSTED.with_certificate(evil))
+
+    assert values(head, b"X-Client-Cert-Subject") == [b"CN=eve\\0D\\0AX-Admin: yes \\C3\\A9"]
+    assert values(head, b"X-Client-Cert-SAN") == [b"DNS:a\\0D\\0Ab.example"]
+    assert b"X-Admin" not in names(head)
+
+
+def test_a_certificate_without_alt_names_has_no_san_header() -> None:
+    bare = _client_certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bob")]), [])
+    head = check([(b"Host", b"a.example")], UNTRUSTED.with_certificate(bare))
+
+    assert values(head, b"X-Client-Cert-Subject") == [b"CN=bob"]
+    assert values(head, b"X-Client-Cert-SAN") == []
+
+
+def test_with_certificate_leaves_the_shared_description_alone() -> None:
+    """ClientInfo.for_peer is memoised across connections: a certificate belongs to one."""
+    UNTRUSTED.with_certificate(ALICE)
+
+    assert ClientInfo.for_peer("203.0.113.7", 8443, TRUSTED).certificate_lines == b""
+    assert b"X-Client" not in ClientInfo.for_peer("203.0.113.7", 8443, TRUSTED).plain_suffix

@@ -8,15 +8,29 @@ from __future__ import annotations
 
 import ssl
 import tempfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import CertificateOptions
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
-from tests.certfactory import Issued, key_pem, make_ca, make_leaf, rsa_key, write_pair, write_pem
+from tests.certfactory import (
+    Issued,
+    cert_der,
+    ec_key,
+    key_pem,
+    make_ca,
+    make_leaf,
+    rsa_key,
+    write_pair,
+    write_pem,
+)
 from tests.unit.tls.conftest import client_context, handshake
 from tests.unit.tls.test_memorytls import TLSPair
 from tlsproxy.tls.certstore import LoadedCertificate, load_certificate
@@ -422,3 +436,149 @@ def test_stdlib_sessions_stay_with_their_context(ecdsa: LoadedCertificate, ca: I
 
     assert second.error is None
     assert not second.client.session_reused
+
+
+# -- client certificates (--client-ca): rule 7 ---------------------------------------------------
+
+
+def make_client_leaf(issuer: Issued, common_name: str = "alice") -> Issued:
+    """A client certificate (clientAuth) for ``common_name``, signed by ``issuer``."""
+    key = ec_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=30))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.RFC822Name(f"{common_name}@example.test")]),
+            critical=False,
+        )
+        .sign(issuer.key, hashes.SHA256())
+    )
+    return Issued(cert, key)
+
+
+@pytest.fixture(scope="module")
+def client_ca() -> Issued:
+    return make_ca("Policy Test Client CA", now=NOW)
+
+
+def with_client_certificate(
+    context: ssl.SSLContext, client: Issued, tmp_path: Path
+) -> ssl.SSLContext:
+    context.load_cert_chain(write_pem(tmp_path / "client.pem", client.cert, client.key))
+    return context
+
+
+@pytest.mark.parametrize(
+    ("auth", "mode"), [("required", ssl.CERT_REQUIRED), ("optional", ssl.CERT_OPTIONAL)]
+)
+def test_client_ca_sets_the_verify_mode(
+    ecdsa: LoadedCertificate, client_ca: Issued, auth: str, mode: ssl.VerifyMode
+) -> None:
+    """--client-ca asks for certificates, verified against that CA alone."""
+    context = server_ssl_context(ecdsa, client_ca=client_ca.cert_pem, client_auth=auth)
+
+    assert context.verify_mode == mode
+    assert [c["subject"] for c in context.get_ca_certs()] == [
+        ((("commonName", "Policy Test Client CA"),),)
+    ]
+
+
+def test_client_auth_must_be_a_mode(ecdsa: LoadedCertificate, client_ca: Issued) -> None:
+    with pytest.raises(ValueError, match="required' or 'optional"):
+        server_ssl_context(ecdsa, client_ca=client_ca.cert_pem, client_auth="maybe")
+
+
+@pytest.mark.parametrize("versions", [TLS12, TLS13])
+def test_required_refuses_a_client_without_a_certificate(
+    ecdsa: LoadedCertificate,
+    ca: Issued,
+    client_ca: Issued,
+    versions: tuple[ssl.TLSVersion, ssl.TLSVersion],
+) -> None:
+    """No certificate, no connection: the client gets an alert."""
+    server = server_ssl_context(ecdsa, client_ca=client_ca.cert_pem, client_auth="required")
+
+    with capturedLogs() as events:
+        pair = stdlib_handshake(server, client_context(ca, versions=versions))
+
+    assert pair.error is not None
+    assert pair.server.peer_certificate_der() is None
+    lines = [formatEvent(e) for e in events if e["log_level"] == LogLevel.info]
+    assert lines == [
+        "client certificate refused for 192.0.2.7 port 51000: "
+        "no certificate sent, and --client-auth is required"
+    ]
+
+
+@pytest.mark.parametrize("versions", [TLS12, TLS13])
+def test_a_certificate_from_another_ca_is_refused_even_when_optional(
+    ecdsa: LoadedCertificate,
+    ca: Issued,
+    client_ca: Issued,
+    tmp_path: Path,
+    versions: tuple[ssl.TLSVersion, ssl.TLSVersion],
+) -> None:
+    server = server_ssl_context(ecdsa, client_ca=client_ca.cert_pem, client_auth="optional")
+    stranger = make_client_leaf(make_ca("Someone Else", now=NOW))
+    client = with_client_certificate(client_context(ca, versions=versions), stranger, tmp_path)
+
+    with capturedLogs() as events:
+        pair = stdlib_handshake(server, client)
+
+    assert pair.error is not None
+    [line] = [formatEvent(e) for e in events if e["log_level"] == LogLevel.info]
+    assert "does not verify against --client-ca (unable to get local issuer" in line
+
+
+@pytest.mark.parametrize("auth", ["required", "optional"])
+@pytest.mark.parametrize("versions", [TLS12, TLS13])
+def test_a_verified_client_certificate_is_exposed(  # noqa: PLR0917 (fixtures)
+    ecdsa: LoadedCertificate,
+    ca: Issued,
+    client_ca: Issued,
+    tmp_path: Path,
+    auth: str,
+    versions: tuple[ssl.TLSVersion, ssl.TLSVersion],
+) -> None:
+    server = server_ssl_context(ecdsa, client_ca=client_ca.cert_pem, client_auth=auth)
+    alice = make_client_leaf(client_ca)
+    client = with_client_certificate(client_context(ca, versions=versions), alice, tmp_path)
+
+    pair = stdlib_handshake(server, client)
+
+    assert pair.error is None
+    assert pair.server.peer_certificate_der() == cert_der(alice.cert)
+
+
+def test_optional_admits_a_client_without_a_certificate(
+    ecdsa: LoadedCertificate, ca: Issued, client_ca: Issued
+) -> None:
+    server = server_ssl_context(ecdsa, client_ca=client_ca.cert_pem, client_auth="optional")
+
+    pair = stdlib_handshake(server, client_context(ca))
+
+    assert pair.error is None
+    assert pair.server.peer_certificate_der() is None
+
+
+def test_a_certificate_not_for_client_auth_is_refused(
+    ecdsa: LoadedCertificate, ca: Issued, client_ca: Issued, tmp_path: Path
+) -> None:
+    """A server certificate (serverAuth only) from the client CA is no client certificate."""
+    server = server_ssl_context(ecdsa, client_ca=client_ca.cert_pem, client_auth="required")
+    server_only = make_leaf(client_ca, names=["x.example"], now=NOW)
+    client = with_client_certificate(client_context(ca), server_only, tmp_path)
+
+    with capturedLogs() as events:
+        pair = stdlib_handshake(server, client)
+
+    assert pair.error is not None
+    [line] = [formatEvent(e) for e in events if e["log_level"] == LogLevel.info]
+    assert "does not verify against --client-ca (unsuitable certificate purpose)" in line
