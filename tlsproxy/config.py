@@ -306,22 +306,28 @@ def _backend_server_name(value: str) -> str:
         return value.lower().rstrip(".")
 
 
-def _read_backend_ca(path: Path) -> bytes:
-    """The PEM certificates in ``path``, checked to be there and to parse."""
+def _read_ca_file(flag: str, path: Path, *, what: str) -> list[x509.Certificate]:
+    """The PEM certificates in the file ``flag`` names; ``what`` says which CA is wanted."""
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ConfigError(f"--backend-ca {path}: cannot read it ({e.strerror})") from None
+        raise ConfigError(f"{flag} {path}: cannot read it ({e.strerror})") from None
     try:
         certificates = x509.load_pem_x509_certificates(data)
     except ValueError:
         certificates = []
     if not certificates:
         raise ConfigError(
-            f"--backend-ca {path}: no PEM certificate in it; give the CA certificate that "
-            "signed the backend's certificate (-----BEGIN CERTIFICATE-----)"
+            f"{flag} {path}: no PEM certificate in it; give the CA certificate that {what} "
+            "(-----BEGIN CERTIFICATE-----)"
         )
-    return data
+    return certificates
+
+
+def _read_backend_ca(path: Path) -> bytes:
+    """The ``--backend-ca`` file's contents, checked to hold certificates."""
+    _read_ca_file("--backend-ca", path, what="signed the backend's certificate")
+    return path.read_bytes()
 
 
 def _client_auth(options: Mapping[str, Any]) -> tuple[bytes | None, str]:
@@ -338,20 +344,7 @@ def _client_auth(options: Mapping[str, Any]) -> tuple[bytes | None, str]:
             )
     if ca is None:
         return None, "required"
-    path = Path(ca)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"--client-ca {path}: cannot read it ({e.strerror})") from None
-    try:
-        certificates = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        certificates = []
-    if not certificates:
-        raise ConfigError(
-            f"--client-ca {path}: no PEM certificate in it; give the CA certificate that signs "
-            "your client certificates (-----BEGIN CERTIFICATE-----)"
-        )
+    certificates = _read_ca_file("--client-ca", Path(ca), what="signs your client certificates")
     pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
     return pem, auth or "required"
 

@@ -42,6 +42,12 @@ _SERVER_KEY_TYPES = (
     ed25519.Ed25519PrivateKey,
     ed448.Ed448PrivateKey,
 )
+ServerKey = (
+    rsa.RSAPrivateKey
+    | ec.EllipticCurvePrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+)
 
 HTTP1_ALPN: tuple[bytes, ...] = (b"http/1.1",)
 HTTP2_ALPN: tuple[bytes, ...] = (b"h2", b"http/1.1")
@@ -58,16 +64,24 @@ CIPHERS = ssl.AcceptableCiphers.fromOpenSSLCipherString(CIPHER_STRING)
 TLS_ENGINE = "stdlib"
 
 
-def server_connection_creator(
-    certificate: LoadedCertificate, *, alpn: Sequence[bytes] = HTTP1_ALPN
-) -> IOpenSSLServerConnectionCreator:
-    """The object TLSMemoryBIOFactory needs, with our policy applied."""
+def _checked(
+    certificate: LoadedCertificate, alpn: Sequence[bytes]
+) -> tuple[list[bytes], ServerKey]:
+    """What both engines need first: ALPN with http/1.1 (rule 3) and a key a server can use."""
     protocols = list(alpn)
     if b"http/1.1" not in protocols:
         raise ValueError(f"ALPN must offer http/1.1, got {protocols!r}")
     key = certificate.key
     if not isinstance(key, _SERVER_KEY_TYPES):
         raise ValueError(f"no TLS server can use a {type(key).__name__}")  # certstore refuses it
+    return protocols, key
+
+
+def server_connection_creator(
+    certificate: LoadedCertificate, *, alpn: Sequence[bytes] = HTTP1_ALPN
+) -> IOpenSSLServerConnectionCreator:
+    """The object TLSMemoryBIOFactory needs, with our policy applied."""
+    protocols, key = _checked(certificate, alpn)
     options = ssl.CertificateOptions(
         privateKey=crypto.PKey.from_cryptography_key(key),
         certificate=crypto.X509.from_cryptography(certificate.leaf),
@@ -114,12 +128,7 @@ def server_ssl_context(
     """
     if client_auth not in CLIENT_AUTH_MODES:
         raise ValueError(f"client_auth must be 'required' or 'optional', got {client_auth!r}")
-    protocols = list(alpn)
-    if b"http/1.1" not in protocols:
-        raise ValueError(f"ALPN must offer http/1.1, got {protocols!r}")
-    key = certificate.key
-    if not isinstance(key, _SERVER_KEY_TYPES):
-        raise ValueError(f"no TLS server can use a {type(key).__name__}")  # certstore refuses it
+    protocols, _ = _checked(certificate, alpn)
     context = stdlib_ssl.SSLContext(stdlib_ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = stdlib_ssl.TLSVersion.TLSv1_2
     context.set_ciphers(CIPHER_STRING)
