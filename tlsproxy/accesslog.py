@@ -20,6 +20,14 @@ def _quote(value: bytes) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
+_LOGGED = frozenset({b"referer", b"user-agent", b"host", b":authority"})
+
+
+def _logged_headers(headers: Sequence[Header]) -> dict[bytes, bytes]:
+    """The request headers a log line shows, by lower-case name (the last one wins)."""
+    return {lname: v for n, v in headers if (lname := n.lower()) in _LOGGED}
+
+
 class AccessLog:
     """Writes one Combined Log Format line per exchange to ``stream``."""
 
@@ -52,13 +60,9 @@ class AccessLog:
         duration: float | None = None,
     ) -> None:
         """One exchange; ``duration``: seconds from its complete head to its end, if it had one."""
-        referer = user_agent = b"-"
-        for name, value in headers:
-            lname = name.lower()
-            if lname == b"referer":
-                referer = value
-            elif lname == b"user-agent":
-                user_agent = value
+        found = _logged_headers(headers)
+        referer = found.get(b"referer", b"-")
+        user_agent = found.get(b"user-agent", b"-")
         # A request refused before its head was understood has no request line to show.
         request = b"%s %s %s" % (method, target, version) if method else b"-"
         self._stream.write(
@@ -94,15 +98,9 @@ class JsonAccessLog(AccessLog):
         headers: Sequence[Header],
         duration: float | None = None,
     ) -> None:
-        referer = user_agent = host = None
-        for name, value in headers:
-            lname = name.lower()
-            if lname == b"referer":
-                referer = value.decode("latin-1")
-            elif lname == b"user-agent":
-                user_agent = value.decode("latin-1")
-            elif lname in (b"host", b":authority"):
-                host = value.decode("latin-1")
+        found = {name: value.decode("latin-1") for name, value in _logged_headers(headers).items()}
+        referer, user_agent = found.get(b"referer"), found.get(b"user-agent")
+        host = found.get(b"host", found.get(b":authority"))
         entry = {
             "time": self._timestamp(),
             "client": client.decode(),
