@@ -35,15 +35,15 @@ def run(argv: list[str], *, out: TextIO, err: TextIO, now: datetime | None = Non
     except ConfigError as e:
         print(f"tlsproxy: error: {e}", file=err)
         return 2
-    certificate = config.certificate
     print("configuration OK", file=out)
     print(f"  backend: {config.backend.url}", file=out)
     for listener in config.listeners:
         print(f"  listen: {listener.description} (TLS)", file=out)
     for listener in config.redirect_listeners:
         print(f"  listen: {listener.description} (plain HTTP, redirects to https)", file=out)
-    for line in certificate.describe():
+    certificates = config.certificates
+    for line in certificates.describe():
         print(f"  {line}", file=out)
-    for warning in certificate.warnings:
+    for warning in certificates.all_warnings:
         print(f"  warning: {warning}", file=out)
     return 0

@@ -24,14 +24,12 @@ from cryptography.hazmat.primitives import serialization
 
 from tlsproxy.backend import BackendAddress
 from tlsproxy.http.headers import IPNetwork
-from tlsproxy.tls.certstore import CertificateError, LoadedCertificate, load_certificate
+from tlsproxy.names import normalise
+from tlsproxy.tls.certset import CertificateSet
+from tlsproxy.tls.certsource import CertificatePair, CertificateSource
 from tlsproxy.tls.client import BackendTLS
-from tlsproxy.tls.devca import (
-    LEAF_CERT_NAME,
-    LEAF_KEY_NAME,
-    DevCertificates,
-    ensure_dev_certificates,
-)
+from tlsproxy.tls.devca import DevCertificates
+from tlsproxy.tls.pemfile import CertificateError
 
 DEFAULT_PORT = 8443
 DEFAULT_INTERFACES = ("127.0.0.1", "::1")
@@ -63,13 +61,14 @@ class Listener:
 
     description: str
     optional: bool = False  # the default ::1 listener: a host without IPv6 only gets a warning
+    fd: int | None = None  # a --workers worker: the supervisor's socket, adopted, never opened
 
 
 @dataclass(frozen=True)
 class Config:
     backend: BackendAddress
     listeners: tuple[Listener, ...]
-    certificate: LoadedCertificate
+    certificates: CertificateSet  # the default first; chosen per handshake by SNI name
     dev_certificates: DevCertificates | None
     limits: Limits
     access_log: str | None
@@ -91,6 +90,8 @@ class Config:
     send_proxy_protocol: str | None = None  # --send-proxy-protocol v1|v2 to the backend (tcp mode)
     client_ca: bytes | None = None  # --client-ca: PEM CAs client certificates must chain to
     client_auth: str = "required"  # --client-auth: "required" or "optional" (with --client-ca)
+    workers: int = 1  # --workers: processes sharing the listeners (docs/workers.md)
+    routes: tuple[Route, ...] = ()  # --route HOST=BACKEND, in the order given
 
 
 def parse_backend(url: str) -> BackendAddress:
@@ -225,6 +226,25 @@ def _metrics_listen(options: Mapping[str, Any]) -> str | None:
             + ", e.g. --metrics-listen tcp:9100:interface=127.0.0.1"
         )
     return description
+
+
+MAX_WORKERS = 64
+
+
+def _workers(options: Mapping[str, Any]) -> int:
+    """``--workers``: how many processes serve (1: this one, as without the option)."""
+    raw = options.get("workers") or "1"
+    try:
+        workers = int(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"--workers {raw!r} is not a whole number; e.g. --workers 2 (one per CPU core)"
+        ) from None
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(
+            f"--workers {workers} is out of range; use 1-{MAX_WORKERS} (one per CPU core)"
+        )
+    return workers
 
 
 def _access_log_format(options: Mapping[str, Any]) -> str:
@@ -446,57 +466,80 @@ def _trusted(values: Sequence[str]) -> tuple[IPNetwork, ...]:
 
 
 @dataclass(frozen=True)
-class CertificateSource:
-    """Where the certificate comes from: loaded at startup and again, the same way, on reload.
+class Route:
+    """``--route HOST=BACKEND``: requests for HOST (a name or ``*.`` wildcard) go to BACKEND."""
 
-    Startup (:func:`build_config`) and SIGHUP (:mod:`tlsproxy.lifecycle`) both call
-    :meth:`load`, so a file that would stop startup is refused by a reload with the same message.
-    """
+    host: str
+    backend: BackendAddress
 
-    cert: Path | None  # --cert; None: the development certificate in ``certs_dir``
-    key: Path | None  # --key; None: in the --cert file
-    passphrase_file: Path | None  # --key-passphrase-file, read on every load
-    certs_dir: Path
-    hostnames: tuple[str, ...]  # --hostname, for the development certificate
 
-    def files(self) -> tuple[Path, ...]:
-        """The files a reload reads, for ``--watch-certs``."""
-        if self.cert is None:
-            return tuple(self.certs_dir / name for name in (LEAF_CERT_NAME, LEAF_KEY_NAME))
-        named = (self.cert, self.key, self.passphrase_file)
-        return tuple(path for path in named if path is not None)
-
-    def load(self, *, now: datetime) -> tuple[LoadedCertificate, DevCertificates | None]:
-        """Read and check every file now; raise :class:`ConfigError` naming the file and fix."""
-        passphrase = None
-        if self.passphrase_file is not None:
-            try:
-                passphrase = self.passphrase_file.read_bytes().rstrip(b"\r\n")
-            except OSError as e:
-                raise ConfigError(
-                    f"--key-passphrase-file {self.passphrase_file}: cannot read it ({e.strerror})"
-                ) from None
+def _routes(options: Mapping[str, Any], mode: str) -> tuple[Route, ...]:
+    routes: list[Route] = []
+    for value in options.get("route", ()):
+        host, equals, url = value.partition("=")
+        example = "e.g. --route app.example.com=http://127.0.0.1:8001"
+        if not equals or not url:
+            raise ConfigError(f"--route {value!r} is not HOST=BACKEND; {example}")
+        if not _HOSTNAME.match(host):
+            raise ConfigError(f"--route {value!r}: {host!r} is not a host name; {example}")
+        if any(normalise(r.host) == normalise(host) for r in routes):
+            raise ConfigError(f"--route {value!r}: {host} is routed twice; keep one --route")
         try:
-            if self.cert is not None:
-                return load_certificate(self.cert, self.key, passphrase=passphrase, now=now), None
-            dev = ensure_dev_certificates(self.certs_dir, self.hostnames, now=now)
-            return load_certificate(dev.cert_path, dev.key_path, now=now), dev
-        except CertificateError as e:
-            raise ConfigError(str(e)) from None
+            backend = parse_tcp_backend(url) if mode == "tcp" else parse_backend(url)
+            if backend.tls is not None:
+                backend = _backend_tls(backend, {**options, "backend_server_name": None})
+        except ConfigError as e:
+            raise ConfigError(str(e).replace(f"--backend {url!r}", f"--route {value!r}")) from None
+        routes.append(Route(normalise(host), backend))
+    return tuple(routes)
 
 
 def _certificate_source(options: Mapping[str, Any]) -> CertificateSource:
-    cert, key = options["cert"], options["key"]
-    if key is not None and cert is None:
-        raise ConfigError("--key needs --cert too (or give neither for a development certificate)")
     passphrase_file = options["key_passphrase_file"]
+    strict_sni = bool(options.get("strict_sni"))
+    default_name = options.get("sni_default")
+    if default_name is not None and not _HOSTNAME.match(default_name):
+        raise ConfigError(f"--sni-default {default_name!r} is not a host name, e.g. example.com")
     return CertificateSource(
-        cert=Path(cert) if cert is not None else None,
-        key=Path(key) if key else None,
+        pairs=_certificate_pairs(options.get("cert_files", ())),
         passphrase_file=Path(passphrase_file) if passphrase_file is not None else None,
         certs_dir=Path(options["certs_dir"]),
         hostnames=_hostnames(options["hostname"]),
+        default_name=default_name,
+        strict_sni=strict_sni,
     )
+
+
+def _certificate_pairs(given: Sequence[tuple[str, str]]) -> tuple[CertificatePair, ...]:
+    """``--cert``/``--key`` in command-line order: each --key is for the --cert before it.
+
+    With one --cert, the order does not matter (``--key k.pem --cert c.pem`` works too).
+    """
+    certs = [path for flag, path in given if flag == "cert"]
+    keys = [path for flag, path in given if flag == "key"]
+    if keys and not certs:
+        raise ConfigError("--key needs --cert too (or give neither for a development certificate)")
+    if len(certs) == 1:
+        if len(keys) > 1:
+            raise ConfigError("--key is given twice for one --cert; give one key per certificate")
+        return (CertificatePair(Path(certs[0]), Path(keys[0]) if keys else None),)
+    pairs: list[tuple[str, str | None]] = []
+    for flag, path in given:
+        if flag == "cert":
+            pairs.append((path, None))
+        elif not pairs:
+            raise ConfigError(
+                f"--key {path} comes before any --cert; with several certificates, give each "
+                "--key right after its --cert"
+            )
+        elif pairs[-1][1] is not None:
+            raise ConfigError(
+                f"--cert {pairs[-1][0]} has two keys ({pairs[-1][1]}, {path}); give each "
+                "--key right after its --cert"
+            )
+        else:
+            pairs[-1] = (pairs[-1][0], path)
+    return tuple(CertificatePair(Path(c), Path(k) if k else None) for c, k in pairs)
 
 
 def _check_log_file(path: Path) -> None:
@@ -580,12 +623,16 @@ def build_config(
         _check_log_file(Path(access_log))
     notify_socket, watchdog_usec = systemd_environment(environ or {}, pid=os.getpid())
     client_ca, client_auth = _client_auth(options)
+    routes = _routes(options, mode)
     source = _certificate_source(options)
-    certificate, dev = source.load(now=now)
+    try:
+        certificates, dev = source.load(now=now)
+    except CertificateError as e:
+        raise ConfigError(str(e)) from None
     return Config(
         backend=backend,
         listeners=listeners,
-        certificate=certificate,
+        certificates=certificates,
         dev_certificates=dev,
         certificate_source=source,
         drain_timeout=_positive(options, "drain-timeout"),
@@ -612,4 +659,6 @@ def build_config(
         send_proxy_protocol=send_proxy_protocol,
         client_ca=client_ca,
         client_auth=client_auth,
+        workers=_workers(options),
+        routes=routes,
     )

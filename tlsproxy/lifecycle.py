@@ -18,12 +18,18 @@ Rules:
    drain looks at that set every ``check_interval``: a tenth of a second, cheap, and bounded by
    the deadline.
 5. A completed drain is a clean exit (status 0): twistd would otherwise send itself the signal
-   that stopped the reactor once it has, and the exit status would say "killed".
+   that stopped the reactor once it has, and the exit status would say "killed". A run that
+   failed after the reactor started (a ``--workers`` worker that cannot start) exits with the
+   status it chose, once twistd has cleaned up (:func:`exit_with_status`).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
 import signal
+import sys
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,3 +253,21 @@ def exit_cleanly(reactor: Any) -> None:
     """
     if getattr(reactor, "_exitSignal", None) is not None:
         reactor._exitSignal = None
+
+
+def exit_with_status(status: int) -> None:
+    """Make the process exit with ``status`` once twistd is done (rule 5).
+
+    twistd has no exit status of its own after the reactor ran: it returns, and Python exits 0.
+    At interpreter exit, after twistd removed its pid file, the output is flushed and the
+    process leaves with ``status``.
+    """
+
+    def leave() -> None:
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            if stream is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
+        os._exit(status)
+
+    atexit.register(leave)

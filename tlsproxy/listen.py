@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from twisted.internet import error as net_error
+from twisted.internet import tcp, unix
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -205,9 +208,16 @@ def browse_url(ports: Sequence[IListeningPort]) -> str | None:
 def listen_all(
     reactor: Any, listeners: Sequence[Listener], factory: IProtocolFactory
 ) -> list[IListeningPort]:
-    """Open every listener now (before privileges are dropped); raise :class:`ListenError`."""
+    """Open every listener now (before privileges are dropped); raise :class:`ListenError`.
+
+    A listener with an ``fd`` is a socket already listening (a ``--workers`` worker inherits
+    its supervisor's): it is adopted, not opened.
+    """
     ports = []
     for listener in listeners:
+        if listener.fd is not None:
+            ports.append(adopt(reactor, listener.fd, factory))
+            continue
         try:
             endpoint = serverFromString(reactor, listener.description)
         except (IndexError, KeyError) as e:
@@ -236,6 +246,46 @@ def listen_all(
     if not ports:
         raise ListenError("no listener could be opened")
     return ports
+
+
+def listen_metrics(reactor: Any, description: str, factory: IProtocolFactory) -> IListeningPort:
+    """Open ``--metrics-listen``: plain HTTP, apart from the proxy; raise ListenError."""
+    try:
+        endpoint = serverFromString(reactor, description)
+    except (IndexError, KeyError, ValueError, TypeError) as e:
+        raise ListenError(f"--metrics-listen {description!r} is not valid: {e}") from None
+    outcome: list[Any] = []
+    endpoint.listen(factory).addBoth(outcome.append)
+    if not outcome or isinstance(outcome[0], Failure):
+        why = outcome[0].getErrorMessage() if outcome else "listening did not complete"
+        raise ListenError(f"cannot listen on --metrics-listen {description}: {why}")
+    port: IListeningPort = outcome[0]
+    return port
+
+
+class _InheritedUNIXPort(unix.Port):
+    """A unix socket a worker adopted: the supervisor made its file and removes it (once)."""
+
+    def connectionLost(self, reason: Failure) -> None:
+        tcp.Port.connectionLost(self, reason)  # not unix.Port's, which unlinks the file
+
+
+def adopt(reactor: Any, fd: int, factory: IProtocolFactory) -> IListeningPort:
+    """Accept for ``factory`` on the listening socket ``fd`` (a duplicate; ``fd`` is closed)."""
+    sock = socket.socket(fileno=fd)  # only to learn the family; the port makes its own copy
+    family = sock.family
+    sock.detach()
+    os.set_blocking(fd, False)  # what adopting requires; the supervisor's copy is so already
+    port: IListeningPort
+    if family == socket.AF_UNIX:
+        # Twisted's unix port unlinks its file when it stops; every worker stopping would
+        # remove it, and then the supervisor could not. (adoptStreamPort makes a unix.Port.)
+        port = _InheritedUNIXPort._fromListeningDescriptor(reactor, fd, factory)  # type: ignore[no-untyped-call]
+        port.startListening()
+    else:
+        port = reactor.adoptStreamPort(fd, family, factory)
+    os.close(fd)
+    return port
 
 
 def _describe(failure: Failure) -> str:

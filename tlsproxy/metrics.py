@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from typing import Protocol as TypingProtocol
@@ -94,6 +94,45 @@ class Metrics:
         """A request refused before it had an exchange (no duration: its head never completed)."""
         self.responses[status // 100 % 10] += 1
         self.response_body_bytes += size
+
+
+#: The counters that say how things are now, not how many things happened: a worker that is
+#: gone no longer contributes them (see :func:`total`).
+GAUGES = frozenset({"connections_open"})
+
+
+def snapshot(metrics: Metrics) -> dict[str, Any]:
+    """Every counter of ``metrics`` by name, as plain numbers and lists (JSON-ready)."""
+    values: dict[str, Any] = {}
+    for name in Metrics.__slots__:
+        if name == "seconds":
+            continue
+        value = getattr(metrics, name)
+        values[name] = list(value) if isinstance(value, list) else value
+    return values
+
+
+def total(snapshots: Sequence[Mapping[str, Any]], *, gauges: bool = True) -> Metrics:
+    """The sum of several processes' :func:`snapshot` s, sample by sample (``--workers``).
+
+    Unknown names are ignored and missing ones count 0, so a snapshot from another version
+    still adds up. ``gauges=False`` leaves the gauges at 0: what a worker that has exited
+    leaves behind is its counts, not its open connections.
+    """
+    summed = Metrics()
+    for name in Metrics.__slots__:
+        if name == "seconds" or (not gauges and name in GAUGES):
+            continue
+        current = getattr(summed, name)
+        for values in snapshots:
+            value = values.get(name)
+            if isinstance(current, list) and isinstance(value, list):
+                for index, count in enumerate(value[: len(current)]):
+                    current[index] += count
+            elif isinstance(value, int | float) and not isinstance(current, list):
+                current += value
+        setattr(summed, name, current)
+    return summed
 
 
 class HasExpiry(TypingProtocol):

@@ -5,21 +5,20 @@ from __future__ import annotations
 
 import ssl
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TextIO
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtocolFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.python.failure import Failure
 
 from tlsproxy.accesslog import AccessLog, JsonAccessLog
-from tlsproxy.backend import BackendPool
+from tlsproxy.backend import BackendAddress, BackendPool
 from tlsproxy.config import Config
 from tlsproxy.deadline import DeadlineSweeper
 from tlsproxy.frameworks import hint_lines
@@ -43,15 +42,18 @@ from tlsproxy.listen import (
     TcpFrontFactory,
     browse_url,
     listen_all,
+    listen_metrics,
     memory_tls_factory,
     tls_factory,
     url_of,
 )
 from tlsproxy.metrics import Metrics, MetricsFactory, render
+from tlsproxy.names import NameTable
 from tlsproxy.proxyheader import with_proxy_header
+from tlsproxy.routing import Router
 from tlsproxy.systemd import SystemdNotifier
 from tlsproxy.tcpmode import TcpFront, TcpSettings
-from tlsproxy.tls.certstore import LoadedCertificate
+from tlsproxy.tls.certset import CertificateSet
 from tlsproxy.tls.devca import trust_instructions
 from tlsproxy.tls.memorytls import MemoryTLSFactory
 from tlsproxy.tls.policy import (
@@ -61,6 +63,7 @@ from tlsproxy.tls.policy import (
     server_connection_creator,
     server_ssl_context,
 )
+from tlsproxy.tls.sni import sni_context
 
 log = Logger()
 
@@ -74,12 +77,7 @@ class ProxyService(Service):
     def __init__(self, config: Config, *, reactor: Any) -> None:
         self.config = config
         self._reactor = reactor
-        self.pool = BackendPool(
-            reactor=reactor,
-            clock=reactor,
-            address=config.backend,
-            connect_timeout=config.limits.connect_timeout,
-        )
+        self.router = _router(config, reactor)
         self._log_stream: TextIO | None = None
         if config.access_log == "-":
             self._log_stream = sys.stdout
@@ -96,7 +94,7 @@ class ProxyService(Service):
         self._flush_log.clock = reactor
         limits = config.limits
         settings = FrontSettings(
-            pool=self.pool,
+            router=self.router,
             sweeper=DeadlineSweeper(clock=reactor),
             trusted_proxies=config.trusted_proxies,
             header_timeout=limits.header_timeout,
@@ -124,7 +122,7 @@ class ProxyService(Service):
             )
         self.ports: list[Any] = []
         self.redirect_ports: list[Any] = []
-        self.certificate = config.certificate  # what new handshakes use; replaced by reloads
+        self.certificates = config.certificates  # what new handshakes use; replaced by reloads
         self._tls: IProtocolFactory | None = None
         self._reload_signal = ReloadSignal(reactor=reactor, reload=self.reload_certificates)
         source = config.certificate_source
@@ -143,6 +141,9 @@ class ProxyService(Service):
     def _tcp_front(self, settings: FrontSettings) -> TcpFrontBuilder:
         """How ``--mode tcp`` builds its fronts: the same sweeper, its own backend dialling."""
         config = self.config
+        routes: NameTable[BackendAddress] = NameTable()
+        for route in config.routes:
+            routes.add(route.host, route.backend)
         tcp = TcpSettings(
             reactor=self._reactor,
             backend=config.backend,
@@ -152,6 +153,7 @@ class ProxyService(Service):
             idle_timeout=config.limits.idle_timeout,
             tunnel_idle_timeout=config.tunnel_idle_timeout,
             send_proxy_protocol=config.send_proxy_protocol,
+            routes=routes,
         )
         return partial(TcpFront, tcp)
 
@@ -189,42 +191,36 @@ class ProxyService(Service):
     def _listen_metrics(self, description: str) -> Any:
         """Open ``--metrics-listen``: plain HTTP, apart from the proxy; raise ListenError."""
         factory = MetricsFactory(self.render_metrics, clock=self._reactor)
-        try:
-            endpoint = serverFromString(self._reactor, description)
-        except (IndexError, KeyError, ValueError, TypeError) as e:
-            raise ListenError(f"--metrics-listen {description!r} is not valid: {e}") from None
-        outcome: list[Any] = []
-        endpoint.listen(factory).addBoth(outcome.append)
-        if not outcome or isinstance(outcome[0], Failure):
-            why = outcome[0].getErrorMessage() if outcome else "listening did not complete"
-            raise ListenError(f"cannot listen on --metrics-listen {description}: {why}")
-        return outcome[0]
+        return listen_metrics(self._reactor, description, factory)
 
     def render_metrics(self) -> str:
         """The page a scrape gets: the counters, and the certificate new handshakes use now."""
-        return render(self.metrics, self._reactor.seconds(), [self.certificate])
+        return render(self.metrics, self._reactor.seconds(), self.certificates.certificates)
 
     def _tls_factory(self) -> IProtocolFactory:
         """The front's TLS layer, by the engine policy.TLS_ENGINE names."""
-        server_tls = self._server_tls(self.certificate)
+        server_tls = self._server_tls(self.certificates)
         if isinstance(server_tls, ssl.SSLContext):
             return memory_tls_factory(server_tls, self.front)
         return tls_factory(server_tls, self.front)
 
-    def _server_tls(self, certificate: LoadedCertificate) -> ServerTLS:
-        """Handshake state for ``certificate``, built completely now (a bad pair fails here)."""
+    def _server_tls(self, certificates: CertificateSet) -> ServerTLS:
+        """Handshake state for ``certificates``, built completely now (a bad pair fails here)."""
         config = self.config
         if TLS_ENGINE == "stdlib":
-            return server_ssl_context(
-                certificate,
+            build = partial(
+                server_ssl_context,
                 alpn=self.alpn,
                 client_ca=config.client_ca,
                 client_auth=config.client_auth,
             )
+            return sni_context(certificates, build)
         if config.client_ca is not None:  # MemoryTLS alone hands the certificate on
             raise ValueError("--client-ca needs the stdlib TLS engine (policy.TLS_ENGINE)")
+        if len(certificates.certificates) > 1 or certificates.strict:
+            raise ValueError("several certificates need the stdlib TLS engine (policy.TLS_ENGINE)")
         if TLS_ENGINE == "pyopenssl":
-            return server_connection_creator(certificate, alpn=self.alpn)
+            return server_connection_creator(certificates.default, alpn=self.alpn)
         raise ValueError(f"unknown TLS_ENGINE {TLS_ENGINE!r}: 'pyopenssl' or 'stdlib'")
 
     def reload_certificates(self) -> bool:
@@ -241,28 +237,30 @@ class ProxyService(Service):
             )
             self._on_reload_end(ok=False)
             return False
-        certificate, server_tls = outcome.state
+        certificates, server_tls = outcome.state
         self._swap(server_tls)
-        self.certificate = certificate
-        log.info(
-            "reloaded certificates: {names}, expires {expires}, sha256 {fingerprint}",
-            names=", ".join(certificate.names) or "(no subjectAltName)",
-            expires=f"{certificate.not_after:%Y-%m-%d}",
-            fingerprint=certificate.fingerprint_sha256,
-        )
-        for warning in certificate.warnings:
+        self.certificates = certificates
+        self.router.use_certificates(certificates)
+        for certificate in certificates.certificates:
+            log.info(
+                "reloaded certificates: {names}, expires {expires}, sha256 {fingerprint}",
+                names=", ".join(certificate.names) or "(no subjectAltName)",
+                expires=f"{certificate.not_after:%Y-%m-%d}",
+                fingerprint=certificate.fingerprint_sha256,
+            )
+        for warning in certificates.all_warnings:
             log.warn("warning: {warning}", warning=warning)
         self._on_reload_end(ok=True)
         return True
 
-    def _load_certificate(self) -> tuple[LoadedCertificate, ServerTLS]:
+    def _load_certificate(self) -> tuple[CertificateSet, ServerTLS]:
         """The startup loading again (:meth:`CertificateSource.load`), then its TLS state."""
         source = self.config.certificate_source
         if source is None:
             raise ValueError("this configuration names no certificate files to reload")
         now = datetime.fromtimestamp(self._reactor.seconds(), UTC)
-        certificate, _ = source.load(now=now)  # development certificates are renewed here too
-        return certificate, self._server_tls(certificate)
+        certificates, _ = source.load(now=now)  # development certificates are renewed here too
+        return certificates, self._server_tls(certificates)
 
     def _swap(self, server_tls: ServerTLS) -> None:
         """One reference replaced: handshakes from now on use ``server_tls``."""
@@ -272,7 +270,7 @@ class ProxyService(Service):
         elif isinstance(tls, TLSMemoryBIOFactory) and not isinstance(server_tls, ssl.SSLContext):
             # What TLSMemoryBIOFactory.__init__ derives from its creator, each handshake's source.
             tls._creatorCallable = server_tls.serverConnectionForTLS
-        # No factory yet (not listening): _tls_factory will use self.certificate.
+        # No factory yet (not listening): _tls_factory will use self.certificates.
 
     def _on_reload_start(self) -> None:
         """Hook: a reload begins (systemd: RELOADING=1)."""
@@ -317,7 +315,8 @@ class ProxyService(Service):
     def _drained(self, _: None) -> None:
         """Every connection has ended (or was cut off at --drain-timeout): release the rest."""
         self._reload_signal.uninstall()
-        self.pool.close_idle()
+        for pool in self.router.pools():
+            pool.close_idle()
         if self._flush_log.running:
             self._flush_log.stop()
         self._flush_access_log()
@@ -335,28 +334,36 @@ class ProxyService(Service):
         return f"serving {where}; {len(self.front.connections)} connections"
 
     def _https_port(self) -> int:
-        for port in self.ports:
-            number = getattr(port.getHost(), "port", None)
-            if number is not None:
-                return int(number)
-        return 443
+        return https_port(self.ports)
 
     def _banner(self) -> list[str]:
-        config = self.config
-        lines = [f"listening on {url_of(port)}" for port in self.ports]
+        return self.banner(
+            self.config,
+            ports=self.ports,
+            redirect_ports=self.redirect_ports,
+            metrics_port=self.metrics_port,
+        )
+
+    @staticmethod
+    def banner(
+        config: Config, *, ports: Sequence[Any], redirect_ports: Sequence[Any], metrics_port: Any
+    ) -> list[str]:
+        """What startup prints (once, by the supervisor, with ``--workers``)."""
+        lines = [f"listening on {url_of(port)}" for port in ports]
         lines += [
             f"redirecting {url_of(port).replace('https://', 'http://')} to https"
-            for port in self.redirect_ports
+            for port in redirect_ports
         ]
-        url = browse_url(self.ports)
+        url = browse_url(ports)
         if url is not None:
             lines.append(f"open {url}")
-        if self.metrics_port is not None:
-            where = url_of(self.metrics_port)  # https://host:port/ or unix:PATH
+        if metrics_port is not None:
+            where = url_of(metrics_port)  # https://host:port/ or unix:PATH
             if where.startswith("https://"):
                 where = where.replace("https://", "http://", 1) + "metrics"
             lines.append(f"metrics on {where}")
         lines.append(f"forwarding to the backend {config.backend.url}")
+        lines += [f"route: {route.host} → {route.backend.url}" for route in config.routes]
         tls = config.backend.tls
         if tls is not None and not tls.verify:
             lines.append(
@@ -366,14 +373,42 @@ class ProxyService(Service):
             )
         if config.mode == "http":  # raw TCP mode has no headers to tell the app anything
             lines.append("tell the app it is behind HTTPS (docs/frameworks.md):")
-            lines += [f"  {hint}" for hint in hint_lines(self._https_port())]
-        lines += config.certificate.describe()
-        lines += [f"warning: {w}" for w in config.certificate.warnings]
+            lines += [f"  {hint}" for hint in hint_lines(https_port(ports))]
+        lines += config.certificates.describe()
+        lines += [f"warning: {w}" for w in config.certificates.all_warnings]
         dev = config.dev_certificates
         if dev is not None:
             lines += list(dev.messages)
             lines += trust_instructions(dev.ca_cert_path, url=url or "https://localhost:PORT/")
         return lines
+
+
+def _router(config: Config, reactor: Any) -> Router:
+    """A backend pool for ``--backend`` and one for each other backend ``--route`` names."""
+    pools: dict[str, BackendPool] = {}
+
+    def pool(backend: BackendAddress) -> BackendPool:
+        if backend.url not in pools:
+            pools[backend.url] = BackendPool(
+                reactor=reactor,
+                clock=reactor,
+                address=backend,
+                connect_timeout=config.limits.connect_timeout,
+            )
+        return pools[backend.url]
+
+    default = pool(config.backend)
+    routes = [(route.host, pool(route.backend)) for route in config.routes]
+    return Router(default, routes, config.certificates)
+
+
+def https_port(ports: Sequence[Any]) -> int:
+    """The port of the first TCP listener: where redirects and hints send clients."""
+    for port in ports:
+        number = getattr(port.getHost(), "port", None)
+        if number is not None:
+            return int(number)
+    return 443
 
 
 def _end_gracefully(connection: FrontConnection) -> None:

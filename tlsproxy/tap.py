@@ -63,10 +63,21 @@ class Options(usage.Options):
             "[default: required].",
         ],
         ["port", None, str(DEFAULT_PORT), "TLS port on each --interface."],
-        ["cert", None, None, "PEM certificate (its chain may follow; may hold the key too)."],
-        ["key", None, None, "PEM private key for --cert (default: look in the --cert file)."],
         ["key-passphrase-file", None, None, "File holding the passphrase of an encrypted --key."],
-        ["certs-dir", None, "certs", "Where the development CA and certificate live."],
+        [
+            "certs-dir",
+            None,
+            "certs",
+            "Without --cert: the certificate/key pairs in it are served (by SNI name); with "
+            "none, a development CA and certificate are made in it.",
+        ],
+        [
+            "sni-default",
+            None,
+            None,
+            "Serve the certificate for this name to clients that send no SNI name or an "
+            "unknown one [default: the first --cert].",
+        ],
         [
             "backend-timeout",
             None,
@@ -131,6 +142,12 @@ class Options(usage.Options):
             "Seconds SIGTERM lets in-flight requests finish before cutting them off.",
         ],
         [
+            "workers",
+            None,
+            "1",
+            "Processes that serve the same listeners (one per CPU core; docs/workers.md).",
+        ],
+        [
             "mode",
             None,
             "http",
@@ -155,6 +172,12 @@ class Options(usage.Options):
     optFlags: ClassVar[list[list[str | None]]] = [
         ["no-http2", None, "Offer only HTTP/1.1 (no h2 in ALPN)."],
         [
+            "strict-sni",
+            None,
+            "Refuse TLS (alert unrecognized_name) to clients asking for a name no certificate "
+            "covers, instead of serving the default certificate.",
+        ],
+        [
             "watch-certs",
             None,
             "Reload the certificate when its files change (e.g. certbot renewals), as SIGHUP does.",
@@ -178,6 +201,21 @@ class Options(usage.Options):
         self["interface"] = []
         self["hostname"] = []
         self["trusted_proxy"] = []
+        self.arguments: list[str] = []  # as given, for --workers (see parseOptions)
+        self["cert_files"] = []
+        self["route"] = []
+
+    def opt_route(self, rule: str) -> None:
+        """HOST=BACKEND: requests for HOST (or *.DOMAIN) go to BACKEND instead of --backend; repeatable."""  # noqa: E501
+        self["route"].append(rule)
+
+    def opt_cert(self, path: str) -> None:
+        """PEM certificate (its chain may follow; may hold the key too); repeatable: one per site, chosen by SNI name, the first is the default."""  # noqa: E501
+        self["cert_files"].append(("cert", path))
+
+    def opt_key(self, path: str) -> None:
+        """PEM private key for the --cert before it [default: look in the --cert file]."""
+        self["cert_files"].append(("key", path))
 
     def opt_listen(self, description: str) -> None:
         """Twisted endpoint to listen on, e.g. tcp:8443:interface=0.0.0.0, tcp6:, unix:PATH (TLS added by tlsproxy); repeatable; replaces --port/--interface."""  # noqa: E501
@@ -201,6 +239,8 @@ class Options(usage.Options):
             raise usage.UsageError(f"unexpected argument {args[0]!r}{hint}")
 
     def parseOptions(self, options: Any = None) -> None:
+        # --workers: each worker parses these same arguments (tlsproxy.workers).
+        self.arguments = list(sys.argv[1:] if options is None else options)
         # twistd answers a usage error with pages of help; one line that names the flag is kinder.
         try:
             super().parseOptions(options)  # type: ignore[no-untyped-call]
@@ -221,4 +261,14 @@ def makeService(options: Options) -> IService:
     except ConfigError as e:
         print(f"tlsproxy: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    if config.workers > 1:
+        from tlsproxy.workers import build_supervisor  # noqa: PLC0415
+
+        return build_supervisor(
+            config,
+            reactor=reactor,
+            arguments=options.arguments,
+            environ=os.environ,
+            cwd=os.getcwd(),
+        )
     return build_service(config, reactor=reactor)

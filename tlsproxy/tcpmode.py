@@ -19,13 +19,15 @@ Rules:
    is not answered. Connecting is bounded by ``--connect-timeout``.
 6. Shutdown (:meth:`TcpFront.drain`): a connection not yet relaying closes at once; a relaying
    one has no natural end to wait for, so it is left to finish until ``--drain-timeout``.
+7. ``--route NAME=BACKEND`` chooses the backend by the SNI name the client sent (exact, then
+   wildcard); a client that sent none, or a name with no route, goes to ``--backend``.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.endpoints import HostnameEndpoint
@@ -39,6 +41,7 @@ from tlsproxy import proxyproto
 from tlsproxy.backend import BackendAddress, describe_connect_failure
 from tlsproxy.deadline import NEVER, DeadlineSweeper
 from tlsproxy.http.headers import ClientInfo
+from tlsproxy.names import NameTable, normalise
 from tlsproxy.relay import Relay
 
 log = Logger()
@@ -56,6 +59,15 @@ class TcpSettings:
     idle_timeout: float
     tunnel_idle_timeout: float | None = None
     send_proxy_protocol: str | None = None  # "v1" or "v2" (checked in config)
+    routes: NameTable[BackendAddress] = field(default_factory=NameTable)  # --route, by SNI name
+
+    def backend_for(self, server_name: str | None) -> BackendAddress:
+        """The backend for a client that sent ``server_name`` by SNI (rule 7)."""
+        if server_name is not None and self.routes:
+            routed = self.routes.lookup(normalise(server_name))
+            if routed is not None:
+                return routed
+        return self.backend
 
 
 def proxy_header(
@@ -141,7 +153,9 @@ class TcpFront(Protocol):
         self._pending = []
         self.hold_reading("connecting")
         self.deadline = NEVER  # --connect-timeout bounds what follows
-        _connect(self, self.settings.backend, tuple(self.settings.backend.candidates()))
+        transport: Any = self.transport
+        backend = self.settings.backend_for(getattr(transport, "server_name", None))
+        _connect(self, backend, tuple(backend.candidates()))
 
     def dataReceived(self, data: bytes) -> None:
         if self.relay is not None:

@@ -37,6 +37,7 @@ from tlsproxy.deadline import DeadlineSweeper
 from tlsproxy.http.h1 import FrontSettings, H1Connection
 from tlsproxy.http.headers import IPNetwork
 from tlsproxy.metrics import Metrics
+from tlsproxy.routing import Router
 
 Address = IPv4Address | IPv6Address
 
@@ -221,7 +222,7 @@ class Proxy:
         self.access_log = AccessLog(self.log_stream, clock=_WallClock(self.clock))
         self.metrics = Metrics(seconds=self.clock.seconds)  # durations move with clock.advance
         self.settings = FrontSettings(
-            pool=self.pool,
+            router=Router(self.pool),
             sweeper=self.sweeper,
             trusted_proxies=self.trusted_proxies,
             header_timeout=self.header_timeout,

@@ -51,7 +51,7 @@ def test_backend_alone_is_a_complete_configuration(tmp_path: Path) -> None:
     )
     assert config.limits.max_header_bytes == 64 * 1024
     assert config.dev_certificates is not None
-    assert config.certificate.cert_path == config.dev_certificates.cert_path
+    assert config.certificates.default.cert_path == config.dev_certificates.cert_path
     assert config.trusted_proxies == ()
     assert config.access_log is None
 
@@ -61,7 +61,7 @@ def test_given_certificate_pair_is_loaded_instead_of_a_development_one(tmp_path:
     cert, key = write_pair(tmp_path, make_leaf())
     config = configure(tmp_path, "--backend", BACKEND, "--cert", str(cert), "--key", str(key))
     assert config.dev_certificates is None
-    assert config.certificate.cert_path == cert
+    assert config.certificates.default.cert_path == cert
     assert not (tmp_path / "certs").exists()
 
 
@@ -508,3 +508,80 @@ def test_bad_backend_server_name_is_refused(tmp_path: Path) -> None:
     """--backend-server-name must be a DNS name or an IP address."""
     message = refusal(tmp_path, "--backend", "https://a.b", "--backend-server-name", "not a name")
     assert message.startswith("--backend-server-name 'not a name' is neither")
+
+
+# --- several certificates (SNI) ----------------------------------------------------------------
+
+
+def _site(tmp_path: Path, name: str) -> tuple[str, str]:
+    cert, key = write_pair(
+        tmp_path, make_leaf(names=(name,)), cert_name=f"{name}.pem", key_name=f"{name}.key"
+    )
+    return str(cert), str(key)
+
+
+def test_each_key_belongs_to_the_cert_before_it(tmp_path: Path) -> None:
+    """--cert A --key A.key --cert B (key inside) --cert C --key C.key: three pairs, in order."""
+    a, b, c = (_site(tmp_path, n) for n in ("a.test", "b.test", "c.test"))
+    combined = tmp_path / "b-combined.pem"
+    combined.write_bytes(Path(b[0]).read_bytes() + Path(b[1]).read_bytes())
+    combined.chmod(0o600)
+    config = configure(
+        tmp_path,
+        *("--backend", BACKEND, "--cert", a[0], "--key", a[1], "--cert", str(combined)),
+        *("--cert", c[0], "--key", c[1]),
+    )
+    served = config.certificates.certificates
+    assert [s.sni_names for s in served] == [("a.test",), ("b.test",), ("c.test",)]
+    assert served[1].key_path == combined
+
+
+def test_one_cert_takes_its_key_in_either_order(tmp_path: Path) -> None:
+    cert, key = _site(tmp_path, "a.test")
+    config = configure(tmp_path, "--backend", BACKEND, "--key", key, "--cert", cert)
+    assert config.certificates.default.key_path == Path(key)
+
+
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [
+        (("key", "cert", "cert"), "comes before any --cert; with several certificates"),
+        (("cert", "key", "key", "cert"), "has two keys"),
+    ],
+)
+def test_keys_out_of_place_are_refused(
+    tmp_path: Path, order: tuple[str, ...], expected: str
+) -> None:
+    a, b = _site(tmp_path, "a.test"), _site(tmp_path, "b.test")
+    argv: list[str] = []
+    certs, keys = iter([a[0], b[0]]), iter([a[1], b[1]])
+    for flag in order:
+        argv += [f"--{flag}", next(certs) if flag == "cert" else next(keys)]
+    assert expected in refusal(tmp_path, "--backend", BACKEND, *argv)
+
+
+def test_two_keys_for_one_cert_are_refused(tmp_path: Path) -> None:
+    a, b = _site(tmp_path, "a.test"), _site(tmp_path, "b.test")
+    message = refusal(tmp_path, "--backend", BACKEND, "--cert", a[0], "--key", a[1], "--key", b[1])
+    assert message == "--key is given twice for one --cert; give one key per certificate"
+
+
+def test_sni_default_and_strict_sni_reach_the_set(tmp_path: Path) -> None:
+    a, b = _site(tmp_path, "a.test"), _site(tmp_path, "b.test")
+    config = configure(
+        tmp_path,
+        *("--backend", BACKEND, "--cert", a[0], "--key", a[1], "--cert", b[0], "--key", b[1]),
+        *("--sni-default", "B.test", "--strict-sni"),
+    )
+    assert config.certificates.default.sni_names == ("b.test",)
+    assert config.certificates.strict
+    assert config.certificates.index_for("nobody.test") is None
+
+
+def test_bad_sni_default_is_refused(tmp_path: Path) -> None:
+    a = _site(tmp_path, "a.test")
+    argv = ["--cert", a[0], "--key", a[1], "--sni-default", "b.test"]
+    message = refusal(tmp_path, "--backend", BACKEND, *argv)
+    assert message.startswith("--sni-default b.test: no certificate covers that name")
+    message = refusal(tmp_path, "--backend", BACKEND, "--sni-default", "not a name")
+    assert message == "--sni-default 'not a name' is not a host name, e.g. example.com"

@@ -32,7 +32,7 @@ from zope.interface import implementer
 
 from tlsproxy import eagerwrite
 from tlsproxy.accesslog import AccessLog
-from tlsproxy.backend import BackendConnection, BackendPool
+from tlsproxy.backend import BackendConnection
 from tlsproxy.deadline import NEVER, DeadlineSweeper
 from tlsproxy.http.exchange import Exchange
 from tlsproxy.http.h1response import ResponseWriter
@@ -49,6 +49,7 @@ from tlsproxy.http.pipeline import Pipeline
 from tlsproxy.http.target import backend_target
 from tlsproxy.metrics import Metrics
 from tlsproxy.relay import Relay
+from tlsproxy.routing import MISDIRECTED, Router
 
 log = Logger()
 
@@ -61,7 +62,7 @@ MAX_URI_BYTES = 16 * 1024
 class FrontSettings:
     """What every front connection shares, fixed at startup."""
 
-    pool: BackendPool
+    router: Router  # which backend pool each request goes to (--route), or 421
     sweeper: DeadlineSweeper
     trusted_proxies: tuple[IPNetwork, ...]
     header_timeout: float
@@ -99,7 +100,6 @@ class H1Connection(Protocol):
         "_parser",
         "_phase",
         "_pipeline",
-        "_prefix",
         "_read_nothing_more",
         "_read_size",
         "_response",
@@ -119,7 +119,6 @@ class H1Connection(Protocol):
         self._settings = settings
         self._sweeper = settings.sweeper
         self._max_uri_bytes = min(MAX_URI_BYTES, settings.max_header_bytes)
-        self._prefix = settings.pool.address.path_prefix
         self._on_close = on_close
         self._parser = httptools.HttpRequestParser(self)
         self._phase = IDLE
@@ -322,6 +321,12 @@ class H1Connection(Protocol):
         self._http10 = version == "1.0"
         assert self.client is not None
         head = check_request_head(self._headers, self.client, http10=self._http10)
+        pool = settings.router.only
+        if pool is None:
+            transport: Any = self.transport
+            pool = settings.router.pick(head.host, transport.server_name)
+            if pool is None:
+                raise HeadRejected(421, MISDIRECTED)
         self._phase = BODY
         if head.chunked:
             framing = b"Transfer-Encoding: chunked\r\n"
@@ -331,8 +336,9 @@ class H1Connection(Protocol):
             framing = b"Content-Length: 0\r\n" if head.content_length is not None else b""
         has_body = bool(framing) and framing != b"Content-Length: 0\r\n"
         target = self._url
-        if target[:1] != b"/" or self._prefix:
-            target = backend_target(target, method=method, host=head.host, prefix=self._prefix)
+        prefix = pool.address.path_prefix
+        if target[:1] != b"/" or prefix:
+            target = backend_target(target, method=method, host=head.host, prefix=prefix)
         lines = head.lines
         # A switch of protocols (websocket) is asked for with a bodiless HTTP/1.1 request; the
         # backend hears the same question. Anything else loses Upgrade like any hop-by-hop field.
@@ -346,7 +352,7 @@ class H1Connection(Protocol):
         if upgrade is not None:
             lines += b"Connection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n"
         if head.host is None:  # HTTP/1.0 may omit Host; HTTP/1.1 to the backend may not
-            lines = b"Host: " + settings.pool.address.authority + b"\r\n" + lines
+            lines = b"Host: " + pool.address.authority + b"\r\n" + lines
         request = b"%s %s HTTP/1.1\r\n%s%s\r\n" % (method, target, lines, framing)
         # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing; close after.
         close_after = not keep_alive or (self._http10 and head.chunked) or self._draining
@@ -355,7 +361,7 @@ class H1Connection(Protocol):
         self._started = settings.metrics.seconds()
         exchange = Exchange(
             front=self,
-            pool=settings.pool,
+            pool=pool,
             metrics=settings.metrics,
             head=request,
             has_body=has_body,

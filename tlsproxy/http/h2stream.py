@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
@@ -31,6 +31,7 @@ from tlsproxy.http.exchange import Exchange
 from tlsproxy.http.h2headers import backend_request, plain_fields, response_fields
 from tlsproxy.http.headers import Header, HeadRejected, ResponseHead, clean_trailers
 from tlsproxy.http.pages import error_response
+from tlsproxy.routing import MISDIRECTED
 
 if TYPE_CHECKING:
     from tlsproxy.backend import BackendConnection
@@ -106,20 +107,29 @@ class H2Stream:
         settings = connection.settings
         self._headers = headers
         self._request_ended = ended
+        host = None
         for name, value in headers:
             if name == b":method":
                 self._method = value
             elif name == b":path":
                 self._target = value
+            elif name in (b":authority", b"host") and host is None:
+                host = value
         sweeper = settings.sweeper
         self.deadline = sweeper.now + settings.backend_timeout
         sweeper.track(self)
         assert connection.client is not None
         try:
+            pool = settings.router.only
+            if pool is None:
+                transport: Any = connection.transport
+                pool = settings.router.pick(host, transport.server_name)
+                if pool is None:
+                    raise HeadRejected(421, MISDIRECTED)
             request = backend_request(
                 headers,
                 client=connection.client,
-                prefix=settings.pool.address.path_prefix,
+                prefix=pool.address.path_prefix,
                 ended=ended,
             )
         except HeadRejected as rejected:
@@ -137,7 +147,7 @@ class H2Stream:
         self._started = settings.metrics.seconds()
         exchange = Exchange(
             front=self,
-            pool=settings.pool,
+            pool=pool,
             metrics=settings.metrics,
             head=request.head,
             has_body=request.has_body,

@@ -66,6 +66,20 @@ class LoadedCertificate:
         return (*dns, *(str(ip) for ip in ips))
 
     @property
+    def sni_names(self) -> tuple[str, ...]:
+        """The names SNI can choose this certificate by: its DNS subjectAltNames.
+
+        A certificate without a subjectAltName (the tutorial's ``openssl req -x509``) is chosen
+        by its subject's commonName instead, as hitch and HAProxy do; IP addresses never arrive
+        as SNI names.
+        """
+        dns, ips = _san_names(self.leaf)
+        if dns or ips:
+            return tuple(dns)
+        common = self.leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        return tuple(str(a.value) for a in common[:1] if isinstance(a.value, str))
+
+    @property
     def not_after(self) -> datetime:
         """The leaf's expiry, timezone-aware UTC."""
         return self.leaf.not_valid_after_utc

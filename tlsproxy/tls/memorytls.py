@@ -52,6 +52,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tlsproxy.metrics import HTTP_REQUEST, handshake_reason
+from tlsproxy.tls.sni import server_name
 
 if TYPE_CHECKING:
     from tlsproxy.metrics import Metrics
@@ -215,6 +216,11 @@ class MemoryTLS(Protocol):
         """The protocol ALPN selected, or None (no handshake yet, or the client offered none)."""
         name = self._tls.selected_alpn_protocol()
         return name.encode("ascii") if name else None
+
+    @property
+    def server_name(self) -> str | None:
+        """The SNI name the client asked for; None if it sent none (or before the handshake)."""
+        return server_name(self._tls)
 
     def peer_certificate_der(self) -> bytes | None:
         """The client's certificate (DER), verified against ``--client-ca``; None if none.
