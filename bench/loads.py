@@ -59,16 +59,21 @@ def run_wrk(
     duration: float,
     script_dir: Path,
     post_bytes: int = 0,
+    close: bool = False,
 ) -> LoadResult:
-    """``wrk -t1 -cN -dS`` over HTTPS with keep-alive; POSTs a body of ``post_bytes`` if > 0."""
-    setup = ""
+    """``wrk -t1 -cN -dS`` over HTTPS with keep-alive; POSTs a body of ``post_bytes`` if > 0.
+
+    ``close``: every request says ``Connection: close``, so each is a new TCP connection and TLS
+    handshake (wrk resumes the TLS session when it can).
+    """
+    setup = 'wrk.headers["Connection"] = "close"\n' if close else ""
     if post_bytes:
-        setup = (
+        setup += (
             'wrk.method = "POST"\n'
             f'wrk.body = string.rep("x", {post_bytes})\n'
             'wrk.headers["Content-Type"] = "application/octet-stream"\n'
         )
-    script = script_dir / f"wrk-{post_bytes}.lua"
+    script = script_dir / f"wrk-{post_bytes}{'-close' if close else ''}.lua"
     script.write_text(_WRK_SCRIPT.format(setup=setup))
     argv = [
         wrk, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",

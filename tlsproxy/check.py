@@ -37,6 +37,8 @@ def run(argv: list[str], *, out: TextIO, err: TextIO, now: datetime | None = Non
         return 2
     print("configuration OK", file=out)
     print(f"  backend: {config.backend.url}", file=out)
+    for route in config.routes:
+        print(f"  route: {route.host} → {route.backend.url}", file=out)
     for listener in config.listeners:
         print(f"  listen: {listener.description} (TLS)", file=out)
     for listener in config.redirect_listeners:

@@ -110,19 +110,19 @@ class ReloadSignal:
 # -- the drain (rules 3 to 5) -------------------------------------------------------------------
 
 
-FileState = tuple[tuple[int, int, int] | None, ...]
+FileState = tuple[tuple[Path, tuple[int, int, int] | None], ...]
 
 
 def file_state(paths: Collection[Path]) -> FileState:
     """What identifies each file's content cheaply: inode, size, mtime (None: missing)."""
-    states: list[tuple[int, int, int] | None] = []
+    states: list[tuple[Path, tuple[int, int, int] | None]] = []
     for path in paths:
         try:
             info = path.stat()
         except OSError:
-            states.append(None)
+            states.append((path, None))
         else:
-            states.append((info.st_ino, info.st_size, info.st_mtime_ns))
+            states.append((path, (info.st_ino, info.st_size, info.st_mtime_ns)))
     return tuple(states)
 
 
@@ -132,19 +132,20 @@ class CertificateWatcher:
     A change is acted on once the files have stayed the same for one more check, so a renewal
     that writes the certificate and the key one after the other is loaded whole. A reload that
     fails is not tried again until the files change again (no log line every interval).
+    ``paths`` is asked at every check: a scanned ``--certs-dir`` gains and loses files.
     """
 
     def __init__(
         self,
         *,
         clock: IReactorTime,
-        paths: Collection[Path],
+        paths: Callable[[], Collection[Path]],
         reload: Callable[[], object],
         interval: float = 2.0,
     ) -> None:
-        self._paths = tuple(paths)
+        self._paths = paths
         self._reload = reload
-        self._loaded = file_state(self._paths)  # what the serving certificate was read from
+        self._loaded = file_state(paths())  # what the serving certificate was read from
         self._seen = self._loaded
         self._loop = LoopingCall(self.check)
         self._loop.clock = clock
@@ -158,7 +159,10 @@ class CertificateWatcher:
             self._loop.stop()
 
     def check(self) -> None:
-        state = file_state(self._paths)
+        try:
+            state = file_state(self._paths())
+        except ValueError:  # --certs-dir unreadable: the reload says why, once
+            state = ()
         settled = state == self._seen
         self._seen = state
         if settled and state != self._loaded:

@@ -127,7 +127,7 @@ class ProxyService(Service):
         self._reload_signal = ReloadSignal(reactor=reactor, reload=self.reload_certificates)
         source = config.certificate_source
         self._watcher = (
-            CertificateWatcher(clock=reactor, paths=source.files(), reload=self.reload_certificates)
+            CertificateWatcher(clock=reactor, paths=source.files, reload=self.reload_certificates)
             if config.watch_certs and source is not None
             else None
         )

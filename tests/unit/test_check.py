@@ -52,3 +52,18 @@ def test_a_missing_certificate_is_found(tmp_path: Path) -> None:
     )
     assert code == 2
     assert "missing.pem" in err
+
+
+def test_routes_are_listed_and_checked(tmp_path: Path) -> None:
+    """Each --route is shown; a bad one is startup's one-line refusal."""
+    certs = ("--certs-dir", str(tmp_path / "certs"))
+    code, out, _ = _run(
+        "--backend", "http://127.0.0.1:8000", "--route", "app.test=unix:/run/app.sock", *certs
+    )
+    assert code == 0
+    assert "route: app.test → unix:/run/app.sock" in out
+    code, _, err = _run(
+        "--backend", "http://127.0.0.1:8000", "--route", "app.test=http://x:0", *certs
+    )
+    assert code == 2
+    assert err.startswith("tlsproxy: error: --route 'app.test=http://x:0': port 0 is not a port")

@@ -159,7 +159,7 @@ def test_watcher_reloads_once_the_changed_files_have_settled(tmp_path: Path) -> 
     key.write_bytes(b"old key")
     clock, reloads = Clock(), list[int]()
     watcher = CertificateWatcher(
-        clock=clock, paths=[cert, key], reload=lambda: reloads.append(1), interval=2.0
+        clock=clock, paths=lambda: [cert, key], reload=lambda: reloads.append(1), interval=2.0
     )
     watcher.start()
     clock.advance(2)
@@ -182,7 +182,9 @@ def test_watcher_does_not_retry_a_failed_reload_until_the_files_change(tmp_path:
     cert = tmp_path / "cert.pem"
     cert.write_bytes(b"good")
     clock, reloads = Clock(), list[int]()
-    watcher = CertificateWatcher(clock=clock, paths=[cert], reload=lambda: reloads.append(1))
+    watcher = CertificateWatcher(
+        clock=clock, paths=lambda: [cert], reload=lambda: reloads.append(1)
+    )
     watcher.start()
     cert.write_bytes(b"broken!")
     clock.advance(2)
@@ -197,3 +199,27 @@ def test_watcher_does_not_retry_a_failed_reload_until_the_files_change(tmp_path:
     clock.advance(2)
     clock.advance(2)
     assert reloads == [1, 1, 1]
+
+
+def test_watcher_reloads_when_a_file_appears_in_the_scanned_set(tmp_path: Path) -> None:
+    """--certs-dir: the list of files is asked again at each check, so a new pair is seen."""
+    first, added = tmp_path / "a.pem", tmp_path / "b.pem"
+    first.write_bytes(b"a")
+    files = [first]
+    clock, reloads = Clock(), list[int]()
+    watcher = CertificateWatcher(
+        clock=clock, paths=lambda: list(files), reload=lambda: reloads.append(1)
+    )
+    watcher.start()
+    clock.advance(2)
+    clock.advance(2)
+    assert reloads == []
+    added.write_bytes(b"b")
+    files.append(added)
+    clock.advance(2)  # seen changed
+    assert reloads == []
+    clock.advance(2)  # settled
+    assert reloads == [1]
+    clock.advance(2)
+    assert reloads == [1]
+    watcher.stop()
