@@ -186,3 +186,41 @@ def test_the_tutorial_pair_in_certs_dir_is_served(
     proxy = proxy_factory("--certs-dir", str(certs), trust=cert)
     assert _served(proxy, cert, "localhost") == (ssl.PEM_cert_to_DER_cert(cert.read_text()))
     assert "no subjectAltName" in proxy.output()
+
+
+def test_client_certificates_are_required_whichever_certificate_sni_chose(
+    proxy_factory: ProxyFactory, sites: Sites, tmp_path: Path
+) -> None:
+    """--client-ca applies after the SNI switch too: no client certificate, no connection."""
+    from tests.certfactory import make_ca, write_pem
+
+    from .test_mtls import make_client_cert
+
+    client_ca = make_ca("SNI client CA")
+    ca_file = write_pem(tmp_path / "client-ca.pem", client_ca.cert, mode=0o644)
+    alice = make_client_cert(client_ca, "alice")
+    alice_file = write_pem(tmp_path / "alice.pem", alice.cert, alice.key)
+    proxy = proxy_factory(
+        *_cert_args(tmp_path, sites), "--client-ca", str(ca_file), trust=sites.ca_path
+    )
+    anonymous = ssl.create_default_context()
+    anonymous.check_hostname = False
+    anonymous.verify_mode = ssl.CERT_NONE  # only the client's missing certificate may fail it
+    for name in ("app.example.test", "x.example.test", "nobody.test", None):
+        with (
+            socket.create_connection((proxy.host, proxy.port), timeout=10) as raw,
+            anonymous.wrap_socket(raw, server_hostname=name) as tls,
+        ):
+            # TLS 1.3: the server's refusal arrives after the client's handshake returns.
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            with pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED"):
+                tls.recv(65536)
+    context = ssl.create_default_context(cafile=str(sites.ca_path))
+    context.load_cert_chain(alice_file)
+    with (
+        socket.create_connection((proxy.host, proxy.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="app.example.test") as tls,
+    ):
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: app.example.test\r\nConnection: close\r\n\r\n")
+        assert tls.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert tls.getpeercert(binary_form=True) == _der(sites.exact)
