@@ -481,7 +481,8 @@ def _routes(options: Mapping[str, Any], mode: str) -> tuple[Route, ...]:
         if not equals or not url:
             raise ConfigError(f"--route {value!r} is not HOST=BACKEND; {example}")
         if not _HOSTNAME.match(host):
-            raise ConfigError(f"--route {value!r}: {host!r} is not a host name; {example}")
+            hint = " (without a port: a route matches any port)" if ":" in host else ""
+            raise ConfigError(f"--route {value!r}: {host!r} is not a host name{hint}; {example}")
         if any(normalise(r.host) == normalise(host) for r in routes):
             raise ConfigError(f"--route {value!r}: {host} is routed twice; keep one --route")
         try:
@@ -629,6 +630,7 @@ def build_config(
         certificates, dev = source.load(now=now)
     except CertificateError as e:
         raise ConfigError(str(e)) from None
+    source = source.keeping_default(certificates, dev)
     return Config(
         backend=backend,
         listeners=listeners,

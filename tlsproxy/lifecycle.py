@@ -167,7 +167,10 @@ class CertificateWatcher:
         self._seen = state
         if settled and state != self._loaded:
             self._loaded = state
-            self._reload()
+            try:
+                self._reload()
+            except Exception:  # a bug in one reload must not stop watching for the next
+                log.failure("--watch-certs: the reload failed unexpectedly")
 
 
 class Drain(Generic[C]):

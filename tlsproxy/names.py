@@ -68,8 +68,8 @@ class NameTable(Generic[T]):
         """The value for ``name`` (already normalised, rule 1), exact first (rule 2); or None."""
         value = self._exact.get(name)
         if value is None:
-            _, dot, parent = name.partition(".")
-            if dot:
+            first, dot, parent = name.partition(".")
+            if dot and first and first != "*":  # "*.x" and ".x" are no names a wildcard covers
                 value = self._wildcard.get(parent)
         return value
 

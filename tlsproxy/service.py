@@ -229,13 +229,20 @@ class ProxyService(Service):
         Open connections keep the certificate they handshook with. True if the new one serves.
         """
         self._on_reload_start()
+        ok = False
+        try:
+            ok = self._reload()
+        finally:  # systemd hears READY=1 again even if the reload hit a bug
+            self._on_reload_end(ok=ok)
+        return ok
+
+    def _reload(self) -> bool:
         outcome = attempt_reload(self._load_certificate)
         if isinstance(outcome, ReloadFailed):
             log.error(
                 "reload failed, still serving the previous certificate: {reason}",
                 reason=outcome.reason,
             )
-            self._on_reload_end(ok=False)
             return False
         certificates, server_tls = outcome.state
         self._swap(server_tls)
@@ -250,7 +257,6 @@ class ProxyService(Service):
             )
         for warning in certificates.all_warnings:
             log.warn("warning: {warning}", warning=warning)
-        self._on_reload_end(ok=True)
         return True
 
     def _load_certificate(self) -> tuple[CertificateSet, ServerTLS]:

@@ -81,6 +81,7 @@ def test_requests_go_to_the_backend_their_host_names(
     assert len(second.requests) == 3
     assert _request(proxy, sites.ca_path, "app.test", None, "1.0")[0] == 200  # no Host: SNI does
     assert len(second.requests) == 4
+    assert (b"Host", b"app.test") in second.requests[-1].headers  # the name the client asked
     assert f"app.test → {second.url}" in proxy.output()
 
 

@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import ssl
+import subprocess
 import time
 from pathlib import Path
 
@@ -224,3 +225,27 @@ def test_client_certificates_are_required_whichever_certificate_sni_chose(
         tls.sendall(b"GET / HTTP/1.1\r\nHost: app.example.test\r\nConnection: close\r\n\r\n")
         assert tls.recv(65536).startswith(b"HTTP/1.1 200 ")
         assert tls.getpeercert(binary_form=True) == _der(sites.exact)
+
+
+def test_a_non_ascii_name_fails_quietly(
+    proxy_factory: ProxyFactory, sites: Sites, tmp_path: Path
+) -> None:
+    """SNI allows ASCII names only: a raw UTF-8 name fails its handshake with no log noise."""
+    proxy = proxy_factory(*_cert_args(tmp_path, sites), trust=sites.ca_path)
+    for _ in range(3):
+        done = subprocess.run(
+            [
+                *("openssl", "s_client", "-connect", f"{proxy.host}:{proxy.port}"),
+                *("-servername", "bücher.example.test", "-brief"),
+            ],
+            input=b"",
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode != 0
+        assert b"alert internal error" in done.stderr
+    assert _served(proxy, sites.ca_path, "app.example.test") == _der(sites.exact)
+    output = proxy.output()
+    assert "UnicodeDecodeError" not in output
+    assert "Exception ignored" not in output

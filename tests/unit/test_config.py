@@ -585,3 +585,26 @@ def test_bad_sni_default_is_refused(tmp_path: Path) -> None:
     assert message.startswith("--sni-default b.test: no certificate covers that name")
     message = refusal(tmp_path, "--backend", BACKEND, "--sni-default", "not a name")
     assert message == "--sni-default 'not a name' is not a host name, e.g. example.com"
+
+
+# --- --workers ---------------------------------------------------------------------------------
+
+
+def test_workers_default_to_one_process(tmp_path: Path) -> None:
+    """Without --workers, one process serves, as it always did; --workers 4 is kept."""
+    assert configure(tmp_path, "--backend", BACKEND).workers == 1
+    assert configure(tmp_path, "--backend", BACKEND, "--workers", "4").workers == 4
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("0", "--workers 0 is out of range; use 1-64"),
+        ("65", "--workers 65 is out of range; use 1-64"),
+        ("two", "--workers 'two' is not a whole number; e.g. --workers 2"),
+        ("1.5", "--workers '1.5' is not a whole number"),
+    ],
+)
+def test_bad_workers_are_explained(tmp_path: Path, value: str, says: str) -> None:
+    """A --workers that is not a count of processes is one line naming it and the range."""
+    assert says in refusal(tmp_path, "--backend", BACKEND, "--workers", value)

@@ -20,7 +20,10 @@ def test_exact_wins_over_wildcard_whatever_the_order() -> None:
     assert names.lookup("web.example.com") == "*.example.com"
 
 
-@pytest.mark.parametrize("name", ["example.com", "a.b.example.com", "example.org", "com", ""])
+@pytest.mark.parametrize(
+    "name",
+    ["example.com", "a.b.example.com", "example.org", "com", "", "*.example.com", ".example.com"],
+)
 def test_a_wildcard_covers_exactly_one_label(name: str) -> None:
     assert table("*.example.com").lookup(name) is None
 

@@ -321,10 +321,10 @@ class H1Connection(Protocol):
         self._http10 = version == "1.0"
         assert self.client is not None
         head = check_request_head(self._headers, self.client, http10=self._http10)
-        pool = settings.router.only
+        pool, server_name = settings.router.only, None
         if pool is None:
-            transport: Any = self.transport
-            pool = settings.router.pick(head.host, transport.server_name)
+            server_name = getattr(self.transport, "server_name", None)
+            pool = settings.router.pick(head.host, server_name)
             if pool is None:
                 raise HeadRejected(421, MISDIRECTED)
         self._phase = BODY
@@ -352,7 +352,11 @@ class H1Connection(Protocol):
         if upgrade is not None:
             lines += b"Connection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n"
         if head.host is None:  # HTTP/1.0 may omit Host; HTTP/1.1 to the backend may not
-            lines = b"Host: " + pool.address.authority + b"\r\n" + lines
+            # The name the client asked for, if it sent one (a route chose by it), else the
+            # backend's own address.
+            server_name = server_name or getattr(self.transport, "server_name", None)
+            host = server_name.encode("ascii") if server_name else pool.address.authority
+            lines = b"Host: " + host + b"\r\n" + lines
         request = b"%s %s HTTP/1.1\r\n%s%s\r\n" % (method, target, lines, framing)
         # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing; close after.
         close_after = not keep_alive or (self._http10 and head.chunked) or self._draining

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
@@ -122,8 +122,8 @@ class H2Stream:
         try:
             pool = settings.router.only
             if pool is None:
-                transport: Any = connection.transport
-                pool = settings.router.pick(host, transport.server_name)
+                server_name = getattr(connection.transport, "server_name", None)
+                pool = settings.router.pick(host, server_name)
                 if pool is None:
                     raise HeadRejected(421, MISDIRECTED)
             request = backend_request(

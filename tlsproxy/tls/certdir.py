@@ -14,9 +14,10 @@ Rules:
    ``openssl req -x509`` leaf says CA:TRUE but has no key usage, and serves. When
    two files hold the same leaf (certbot's ``cert.pem`` and ``fullchain.pem``), the one with
    the longer chain serves.
-4. A file that cannot be read or decrypted is an error, as for ``--cert``: a certbot key the
-   service user may not read must stop startup, not vanish from the set. A certificate without
-   its key is left out with a warning.
+4. A file that cannot be read or decrypted, or a broken symbolic link, is an error, as for
+   ``--cert``: a certbot key the service user may not read must stop startup, not vanish from
+   the set. A file that serves nothing (not PEM, too large, a key or certificate type TLS cannot
+   use, a certificate without its key, a CA with its key) is left out with a warning.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
@@ -34,6 +36,7 @@ from tlsproxy.tls import pemfile
 __all__ = ["ScannedPair", "pem_files", "scan"]
 
 _SUFFIXES = frozenset({".pem", ".crt", ".cer", ".key"})
+MAX_FILE_BYTES = 1024 * 1024  # a PEM chain is a few KiB; a file larger than this is no pair
 _CERT_LABEL = b"CERTIFICATE"
 _KEY_LABELS = frozenset(
     {b"PRIVATE KEY", b"ENCRYPTED PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY"}
@@ -54,12 +57,16 @@ class _CertFile:
 
 
 def pem_files(directory: Path, *, skip: Collection[str] = ()) -> list[Path]:
-    """The files rule 2 reads, sorted; ``skip`` names top-level files that are not to be served."""
+    """The files rule 2 reads, sorted; ``skip`` names top-level files that are not to be served.
+
+    A subfolder that cannot be listed (``lost+found``) holds nothing; the directory itself must
+    be readable. Broken symbolic links are listed: reading them says what is wrong.
+    """
     found = []
-    for entry in _entries(directory):
+    for entry in _entries(directory, required=True):
         if entry.is_dir():
-            found += [f for f in _entries(entry) if f.is_file() and _wanted(f)]
-        elif entry.is_file() and _wanted(entry) and entry.name not in skip:
+            found += [f for f in _entries(entry, required=False) if _candidate(f)]
+        elif _candidate(entry) and entry.name not in skip:
             found.append(entry)
     return found
 
@@ -71,52 +78,121 @@ def scan(
     folders: dict[Path, list[Path]] = {}
     for path in pem_files(directory, skip=skip):
         folders.setdefault(path.parent, []).append(path)
-    pairs: list[ScannedPair] = []
+    certs: dict[bytes, _CertFile] = {}  # by leaf fingerprint: one entry per leaf (rule 3)
+    pairs: dict[bytes, ScannedPair] = {}
     warnings: list[str] = []
     for files in folders.values():
-        found, unpaired = _pairs_in_folder(files, passphrase)
-        pairs += found
-        warnings += [f"{path}: no key in its folder matches it; not served" for path in unpaired]
-    pairs.sort(key=lambda pair: pair.cert)
-    return pairs, warnings
+        found, folder_warnings = _pairs_in_folder(files, passphrase)
+        warnings += folder_warnings
+        for fingerprint, (cert, pair) in found.items():
+            earlier = certs.get(fingerprint)
+            if earlier is None or cert.count > earlier.count:
+                certs[fingerprint], pairs[fingerprint] = cert, pair
+    return sorted(pairs.values(), key=lambda pair: pair.cert), warnings
+
+
+class _Unusable(Exception):
+    """A file that serves nothing; the message says why, for a warning (rule 4)."""
 
 
 def _pairs_in_folder(
     files: list[Path], passphrase: bytes | None
-) -> tuple[list[ScannedPair], list[Path]]:
-    """Rule 1 and 3 within one folder: (pairs, certificate files with no key)."""
+) -> tuple[dict[bytes, tuple[_CertFile, ScannedPair]], list[str]]:
+    """Rule 1 and 3 within one folder: the pairs by leaf fingerprint, and warnings."""
     certs: dict[bytes, _CertFile] = {}  # by leaf fingerprint: the longest chain kept
+    cas: list[_CertFile] = []
     keys: dict[bytes, Path] = {}  # public key (DER) → the file that holds the private key
+    warnings = []
     for path in files:
-        blocks = pemfile.read_blocks(path, "certificate")
-        labels = {label for label, _ in blocks}
-        if labels & _KEY_LABELS:
-            key = pemfile.private_key(path, blocks, path, passphrase=passphrase)
-            keys.setdefault(_public(key), path)
-        if _CERT_LABEL in labels:
-            chain = pemfile.certificates(path, blocks, path, blocks)
-            if _is_ca(chain[0]):
-                continue
-            fingerprint = chain[0].fingerprint(hashes.SHA256())
-            earlier = certs.get(fingerprint)
-            if earlier is None or len(chain) > earlier.count:
-                certs[fingerprint] = _CertFile(path, chain[0], len(chain))
-    pairs, unpaired = [], []
-    for cert in certs.values():
+        try:
+            blocks = _blocks(path)
+            key = _key(path, blocks, passphrase)
+            if key is not None:
+                keys.setdefault(key, path)
+            cert = _certificate(path, blocks)
+        except _Unusable as e:
+            warnings.append(f"{path}: {e}; not served")
+            continue
+        if cert is None:
+            continue
+        if _is_ca(cert.leaf):
+            cas.append(cert)
+            continue
+        fingerprint = cert.leaf.fingerprint(hashes.SHA256())
+        earlier = certs.get(fingerprint)
+        if earlier is None or cert.count > earlier.count:
+            certs[fingerprint] = cert
+    found = {}
+    for fingerprint, cert in certs.items():
         key_path = keys.get(_public(cert.leaf))
         if key_path is None:
-            unpaired.append(cert.path)
+            warnings.append(f"{cert.path}: no key in its folder matches it; not served")
         else:
-            pairs.append(ScannedPair(cert.path, key_path))
-    return pairs, unpaired
+            found[fingerprint] = (cert, ScannedPair(cert.path, key_path))
+    for ca in cas:
+        if _public(ca.leaf) in keys:
+            warnings.append(
+                f"{ca.path}: a CA certificate (it may sign certificates), not served; give it "
+                "with --cert to serve it anyway"
+            )
+    return found, warnings
 
 
-def _entries(directory: Path) -> Iterator[Path]:
+def _blocks(path: Path) -> list[tuple[bytes, bytes]]:
+    """The file's PEM blocks; an unreadable file stops everything, a stray one is skipped."""
+    if path.is_symlink() and not path.exists():
+        raise pemfile.CertificateError(
+            f"{path} is a symbolic link to a file that does not exist; fix the link or move it "
+            "out of --certs-dir"
+        )
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise _Unusable(f"{size} bytes, too large for a PEM certificate or key")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise pemfile.CertificateError(
+            f"cannot read {path} in --certs-dir: {e.strerror}; make it readable by the user "
+            "running tlsproxy, or move it out of --certs-dir"
+        ) from None
+    blocks = pemfile.pem_blocks(data)
+    if not blocks:
+        raise _Unusable("not a PEM file")
+    return blocks
+
+
+def _key(path: Path, blocks: list[tuple[bytes, bytes]], passphrase: bytes | None) -> bytes | None:
+    """The public key (DER) of the private key in ``blocks``, if it holds one."""
+    if not {label for label, _ in blocks} & _KEY_LABELS:
+        return None
+    try:
+        return _public(pemfile.private_key(path, blocks, path, passphrase=passphrase))
+    except pemfile.CertificateError as e:
+        if pemfile.is_encrypted(blocks):  # the passphrase is wrong or missing: say so, stop
+            raise
+        raise _Unusable("it holds a private key no TLS server can use (corrupt, or DSA)") from e
+
+
+def _certificate(path: Path, blocks: list[tuple[bytes, bytes]]) -> _CertFile | None:
+    if _CERT_LABEL not in {label for label, _ in blocks}:
+        return None
+    try:
+        chain = pemfile.certificates(path, blocks, path, blocks)
+        _is_ca(chain[0])
+        _public(chain[0])
+    except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension) as e:
+        raise _Unusable(f"not a certificate tlsproxy can use ({e})") from None
+    return _CertFile(path, chain[0], len(chain))
+
+
+def _entries(directory: Path, *, required: bool) -> Iterator[Path]:
     try:
         names = sorted(directory.iterdir())
     except FileNotFoundError:
         return
     except OSError as e:
+        if not required:
+            return
         raise pemfile.CertificateError(
             f"cannot read the certificates directory {directory}: {e.strerror}; make it "
             "readable by the user running tlsproxy"
@@ -124,8 +200,11 @@ def _entries(directory: Path) -> Iterator[Path]:
     yield from (path for path in names if not path.name.startswith("."))
 
 
-def _wanted(path: Path) -> bool:
-    return path.suffix.lower() in _SUFFIXES
+def _candidate(path: Path) -> bool:
+    """A regular file (or a link to one, or a broken link) with a wanted suffix (rule 2)."""
+    if path.suffix.lower() not in _SUFFIXES:
+        return False
+    return path.is_file() or (path.is_symlink() and not path.exists())
 
 
 def _is_ca(certificate: x509.Certificate) -> bool:

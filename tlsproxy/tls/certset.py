@@ -2,9 +2,9 @@
 
 Rules:
 
-1. The first certificate is the default: clients that send no name (those that connect to an IP
-   address) and clients whose name no certificate covers get it, unless ``strict`` refuses the
-   latter (``--strict-sni``, TLS alert unrecognized_name).
+1. The first certificate is the default, or the one ``--sni-default`` names: clients that send
+   no name (those that connect to an IP address) and clients whose name no certificate covers
+   get it, unless ``strict`` refuses the latter (``--strict-sni``, TLS alert unrecognized_name).
 2. A name is matched exactly first, then by a one-label wildcard (:mod:`tlsproxy.names`); when
    two certificates cover the same name, the one listed first serves it and a warning says so.
 3. Everything is decided at load: choosing a certificate during a handshake reads two
@@ -26,22 +26,23 @@ __all__ = ["CertificateSet", "certificate_set"]
 class CertificateSet:
     """Certificates in serving order (the default first) and the names that choose each."""
 
-    certificates: tuple[LoadedCertificate, ...]
+    certificates: tuple[LoadedCertificate, ...]  # in the order given: the first keeps a name
+    default_index: int = 0
     strict: bool = False  # --strict-sni: a name no certificate covers ends the handshake
     warnings: tuple[str, ...] = ()  # shadowed names: said once at load, not per handshake
     names: NameTable[int] = field(default_factory=NameTable, compare=False, repr=False)
 
     @property
     def default(self) -> LoadedCertificate:
-        return self.certificates[0]
+        return self.certificates[self.default_index]
 
     def index_for(self, server_name: str | None) -> int | None:
-        """The index of the certificate for ``server_name`` (0: the default); None: refused."""
+        """The index of the certificate for ``server_name``; None: refused (``strict``)."""
         if server_name is None:
-            return 0
+            return self.default_index
         index = self.names.lookup(normalise(server_name))
         if index is None and not self.strict:
-            return 0
+            return self.default_index
         return index
 
     @property
@@ -55,9 +56,11 @@ class CertificateSet:
             return self.default.describe()
         lines = []
         for index, certificate in enumerate(self.certificates):
-            role = "default, for unknown names and none" if index == 0 else "by SNI name"
-            if index == 0 and self.strict:
-                role = "default, for clients that send no name (--strict-sni)"
+            role = "by SNI name"
+            if index == self.default_index:
+                role = "default, for unknown names and none"
+                if self.strict:
+                    role = "default, for clients that send no name (--strict-sni)"
             lines.append(f"certificate {index + 1} of {len(self.certificates)} ({role}):")
             lines += [f"  {line}" for line in certificate.describe()]
         return lines
@@ -77,19 +80,23 @@ def certificate_set(
     """
     if not certificates:
         raise ValueError("no certificate to serve")
-    ordered = list(certificates)
+    names, shadowed = _table(certificates)
+    default_index = 0
     if default_name is not None:
-        chosen = _table(ordered)[0].lookup(normalise(default_name))
+        chosen = names.lookup(normalise(default_name))
         if chosen is None:
-            covered = ", ".join(n for c in ordered for n in c.sni_names) or "none"
+            covered = ", ".join(n for c in certificates for n in c.sni_names) or "none"
             raise ValueError(
                 f"--sni-default {default_name}: no certificate covers that name (they cover: "
                 f"{covered}); give one of those names"
             )
-        ordered.insert(0, ordered.pop(chosen))
-    names, shadowed = _table(ordered)
+        default_index = chosen
     return CertificateSet(
-        tuple(ordered), strict=strict, warnings=(*warnings, *shadowed), names=names
+        tuple(certificates),
+        default_index=default_index,
+        strict=strict,
+        warnings=(*warnings, *shadowed),
+        names=names,
     )
 
 

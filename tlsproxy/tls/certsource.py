@@ -9,14 +9,16 @@ The certificates, in order of precedence:
 1. ``--cert``/``--key`` pairs, in the order given (the first is the default);
 2. without ``--cert``: the pairs found in ``--certs-dir`` (:mod:`tlsproxy.tls.certdir`); with
    more than one, ``--sni-default`` must say which is the default, so that a pair added later
-   never changes it;
+   never changes it (with one at startup, that one stays the default: :meth:`keeping_default`).
+   Files there that serve nothing, and no pair, are an error, not a reason to make the
+   development certificate beside them;
 3. when it holds none: the development certificate, made and renewed there
    (:mod:`tlsproxy.tls.devca`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -67,7 +69,23 @@ class CertificateSource:
         scanned = pem_files(self.certs_dir, skip=DEV_FILES)
         folders = sorted({self.certs_dir, *(path.parent for path in scanned)})
         dev = [self.certs_dir / LEAF_CERT_NAME, self.certs_dir / LEAF_KEY_NAME]
-        return (*folders, *scanned, *dev)
+        passphrase = [self.passphrase_file] if self.passphrase_file is not None else []
+        return (*folders, *scanned, *dev, *passphrase)
+
+    def keeping_default(
+        self, served: CertificateSet, dev: DevCertificates | None
+    ) -> CertificateSource:
+        """This source, its default pinned to what serves now when ``--certs-dir`` chose it.
+
+        One pair found and no ``--sni-default``: that pair stays the default when a reload
+        finds more, instead of every reload failing until someone adds ``--sni-default``.
+        """
+        if self.pairs or dev is not None or self.default_name is not None:
+            return self
+        if len(served.certificates) != 1:
+            return self
+        names = served.default.sni_names
+        return replace(self, default_name=names[0]) if names else self
 
     def load(self, *, now: datetime) -> tuple[CertificateSet, DevCertificates | None]:
         """Read and check every file now; raise :class:`CertificateError` naming file and fix."""
@@ -81,6 +99,13 @@ class CertificateSource:
             ]
         else:
             loaded, warnings = self._scan(passphrase, now)
+            if not loaded and warnings:
+                # Files were there to serve and none could: making a development CA beside them
+                # would hide the mistake behind a certificate no client trusts.
+                raise CertificateError(
+                    f"--certs-dir {self.certs_dir} holds no certificate/key pair tlsproxy can "
+                    f"serve ({warnings[0]}); fix or remove the files, or use --cert"
+                )
             if len(loaded) > 1 and self.default_name is None:
                 names = ", ".join(c.sni_names[0] for c in loaded if c.sni_names)
                 raise CertificateError(

@@ -76,9 +76,23 @@ def _read(path: Path, kind: str) -> bytes:
         raise CertificateError(f"cannot read {kind} file {path}: {exc.strerror}") from None
 
 
+def pem_blocks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(label, whole block) for every PEM block in ``data``; empty when there is none."""
+    return [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(data)]
+
+
+def is_encrypted(blocks: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the private key among ``blocks`` needs a passphrase."""
+    return any(
+        label == b"ENCRYPTED PRIVATE KEY" or b"Proc-Type: 4,ENCRYPTED" in block
+        for label, block in blocks
+        if label in _KEY_LABELS
+    )
+
+
 def _pem_blocks(path: Path, data: bytes, kind: str) -> list[tuple[bytes, bytes]]:
     """(label, whole block) for every PEM block, or a CertificateError saying what the file is."""
-    blocks = [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(data)]
+    blocks = pem_blocks(data)
     if blocks:
         return blocks
     if not data.strip():
@@ -238,10 +252,4 @@ def private_key(
 
 def passphrase_unused(key_blocks: list[tuple[bytes, bytes]], passphrase: bytes | None) -> bool:
     """Whether a passphrase was given but the key in ``key_blocks`` is not encrypted."""
-    if passphrase is None:
-        return False
-    return not any(
-        label == b"ENCRYPTED PRIVATE KEY" or b"Proc-Type: 4,ENCRYPTED" in block
-        for label, block in key_blocks
-        if label in _KEY_LABELS
-    )
+    return passphrase is not None and not is_encrypted(key_blocks)

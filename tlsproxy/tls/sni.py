@@ -9,7 +9,9 @@ The name the client sent is kept on the connection for :mod:`tlsproxy.routing`, 
 from __future__ import annotations
 
 import ssl
+import sys
 from collections.abc import Callable
+from typing import Any
 
 from tlsproxy.tls.certset import CertificateSet
 from tlsproxy.tls.certstore import LoadedCertificate
@@ -24,19 +26,47 @@ def sni_context(
 ) -> ssl.SSLContext:
     """The default certificate's context, choosing among ``build``'s contexts for each name."""
     contexts = [build(certificate) for certificate in certificates.certificates]
-    index_for = certificates.index_for
+    index_for, default = certificates.index_for, certificates.default_index
 
     def choose(connection: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> int | None:
         setattr(connection, _SENT_NAME, name)
         index = index_for(name)
         if index is None:  # --strict-sni
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
-        if index:
+        if index != default:
             connection.context = contexts[index]
         return None
 
-    contexts[0].sni_callback = choose
-    return contexts[0]
+    contexts[default].sni_callback = choose
+    _quiet_undecodable_names()
+    return contexts[default]
+
+
+class _QuietUndecodableNames:
+    """``sys.unraisablehook`` that keeps a client's non-ASCII SNI name out of the log.
+
+    CPython decodes the name as ASCII before the callback runs; a name that is not (RFC 6066
+    allows A-labels only) ends the handshake with an internal_error alert, which is right, and
+    CPython writes the UnicodeDecodeError to stderr as "unraisable", five lines per client.
+    Any client could fill the log that way: such handshakes fail as quietly as other bad
+    handshakes, and are counted like them (:mod:`tlsproxy.metrics`).
+    """
+
+    def __init__(self, previous: Callable[[Any], object]) -> None:
+        self._previous = previous
+
+    def __call__(self, unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, UnicodeDecodeError) and isinstance(
+            unraisable.object, bytes
+        ):
+            return
+        self._previous(unraisable)
+
+
+def _quiet_undecodable_names() -> None:
+    """Install :class:`_QuietUndecodableNames`, once per process."""
+    if not isinstance(sys.unraisablehook, _QuietUndecodableNames):
+        sys.unraisablehook = _QuietUndecodableNames(sys.unraisablehook)
 
 
 def server_name(connection: ssl.SSLObject) -> str | None:

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import dsa
 
 from tests.certfactory import (
     NOW,
     Issued,
+    cert_der,
     cert_pem,
     key_pem,
     make_ca,
@@ -71,7 +73,10 @@ def test_certbot_live_folders_use_fullchain_and_skip_the_chain(tmp_path: Path) -
 def test_a_ca_with_its_key_is_not_a_server_certificate(tmp_path: Path) -> None:
     """The development CA (key usage: certificate signing) is skipped; its leaf pairs."""
     dev = ensure_dev_certificates(tmp_path, (), now=NOW)
-    assert scan(tmp_path) == ([ScannedPair(dev.cert_path, dev.key_path)], [])
+    pairs, [warning] = scan(tmp_path)
+    assert pairs == [ScannedPair(dev.cert_path, dev.key_path)]
+    assert warning.startswith(f"{dev.ca_cert_path}: a CA certificate (it may sign certificates)")
+    assert scan(tmp_path, skip={"ca.pem", "ca-key.pem"}) == (pairs, [])
 
 
 def test_hidden_files_and_other_suffixes_are_ignored(tmp_path: Path) -> None:
@@ -136,3 +141,41 @@ def test_the_leaf_is_the_certificate_matched(tmp_path: Path) -> None:
     [pair], _ = scan(tmp_path)
     first = x509.load_pem_x509_certificates(pair.cert.read_bytes())[0]
     assert first == leaf.cert
+
+
+def test_stray_files_are_left_out_with_a_warning(tmp_path: Path) -> None:
+    """Not PEM, too large, an unusable key: warned about, and the good pair still serves."""
+    leaf = make_leaf(names=("good.test",))
+    write_pem(tmp_path / "good.pem", leaf.cert, leaf.key)
+    (tmp_path / "binary.cer").write_bytes(cert_der(make_leaf().cert))
+    with open(tmp_path / "huge.pem", "wb") as huge:
+        huge.truncate(2 * 1024 * 1024)
+    (tmp_path / "old-dsa.key").write_bytes(key_pem(dsa.generate_private_key(2048)))
+    pairs, warnings = scan(tmp_path)
+    assert pairs == [ScannedPair(tmp_path / "good.pem", tmp_path / "good.pem")]
+    assert sorted(warnings) == [
+        f"{tmp_path / 'binary.cer'}: not a PEM file; not served",
+        f"{tmp_path / 'huge.pem'}: 2097152 bytes, too large for a PEM certificate or key; "
+        "not served",
+        f"{tmp_path / 'old-dsa.key'}: it holds a private key no TLS server can use (corrupt, "
+        "or DSA); not served",
+    ]
+
+
+def test_a_broken_link_stops_the_scan(tmp_path: Path) -> None:
+    """certbot's privkey.pem pointing nowhere must not silently drop the site."""
+    (tmp_path / "privkey.pem").symlink_to(tmp_path / "archive" / "privkey1.pem")
+    with pytest.raises(CertificateError, match="symbolic link to a file that does not exist"):
+        scan(tmp_path)
+
+
+def test_the_same_leaf_reached_twice_is_one_pair(tmp_path: Path) -> None:
+    leaf = make_leaf(names=("once.test",))
+    site = tmp_path / "site"
+    site.mkdir()
+    write_pem(site / "cert.pem", leaf.cert)
+    write_pem(site / "key.pem", leaf.key)
+    (tmp_path / "again").symlink_to(site)
+    pairs, warnings = scan(tmp_path)
+    assert pairs == [ScannedPair(tmp_path / "again" / "cert.pem", tmp_path / "again" / "key.pem")]
+    assert warnings == []

@@ -48,11 +48,15 @@ def test_strict_refuses_unknown_names_but_not_an_absent_one(
     assert served.index_for("x.example.test") == 1
 
 
-def test_default_name_moves_its_certificate_first(three: list[LoadedCertificate]) -> None:
+def test_default_name_chooses_the_default_and_keeps_the_order(
+    three: list[LoadedCertificate],
+) -> None:
     served = certificate_set(three, default_name="api.test")
     assert served.default is three[2]
-    assert served.index_for("nobody.test") == 0
-    assert served.certificates[served.index_for("default.test") or 0] is three[0]
+    assert served.certificates == tuple(three)  # the order given still decides shared names
+    assert served.index_for("nobody.test") == 2
+    assert served.index_for(None) == 2
+    assert served.index_for("default.test") == 0
 
 
 def test_a_default_name_no_certificate_covers_is_refused(
@@ -144,3 +148,35 @@ def test_scan_warnings_reach_the_set(tmp_path: Path) -> None:
 
 def test_set_is_comparable_by_certificates_only(three: list[LoadedCertificate]) -> None:
     assert certificate_set(three) == CertificateSet(tuple(three), warnings=())
+
+
+def test_files_that_serve_nothing_are_an_error_not_a_development_certificate(
+    tmp_path: Path,
+) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    write_pem(certs / "site.pem", make_leaf(names=("site.test",)).cert, mode=0o644)
+    source = CertificateSource(pairs=(), passphrase_file=None, certs_dir=certs)
+    with pytest.raises(CertificateError, match=r"holds no certificate/key pair tlsproxy can serve"):
+        source.load(now=NOW)
+    assert not (certs / "ca.pem").exists()
+
+
+def test_one_scanned_pair_stays_the_default_when_more_arrive(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    write_pair(certs, make_leaf(names=("b.test",)), cert_name="b.pem", key_name="b.key")
+    source = CertificateSource(pairs=(), passphrase_file=None, certs_dir=certs)
+    served, dev = source.load(now=NOW)
+    pinned = source.keeping_default(served, dev)
+    assert pinned.default_name == "b.test"
+    write_pair(certs, make_leaf(names=("a.test",)), cert_name="a.pem", key_name="a.key")
+    again, _ = pinned.load(now=NOW)
+    assert again.default.sni_names == ("b.test",)
+    assert len(again.certificates) == 2
+
+
+def test_the_development_certificate_pins_nothing(tmp_path: Path) -> None:
+    source = CertificateSource(pairs=(), passphrase_file=None, certs_dir=tmp_path / "certs")
+    served, dev = source.load(now=NOW)
+    assert source.keeping_default(served, dev) is source
