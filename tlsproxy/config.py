@@ -98,7 +98,7 @@ def parse_backend(url: str) -> BackendAddress:
     """``http://host:port[/prefix]``, ``https://…`` or ``unix:/path`` → :class:`BackendAddress`.
 
     An https backend is verified against the system store for its own host name here; the
-    flags that change that are applied by :func:`_backend_tls`.
+    flags that change that are applied by :func:`backend_tls`.
     """
     example = "e.g. --backend http://127.0.0.1:8000"
     if url[:5].lower() == "unix:":
@@ -280,7 +280,7 @@ def _parse_unix_backend(url: str) -> BackendAddress:
     return BackendAddress(url=url, host="localhost", port=0, path_prefix=b"", socket_path=absolute)
 
 
-def _backend_tls(backend: BackendAddress, options: Mapping[str, Any]) -> BackendAddress:
+def backend_tls(backend: BackendAddress, options: Mapping[str, Any]) -> BackendAddress:
     """Apply --backend-ca, --insecure-backend and --backend-server-name to an https backend."""
     ca, insecure = options.get("backend_ca"), bool(options.get("insecure_backend"))
     server_name = options.get("backend_server_name")
@@ -488,7 +488,7 @@ def _routes(options: Mapping[str, Any], mode: str) -> tuple[Route, ...]:
         try:
             backend = parse_tcp_backend(url) if mode == "tcp" else parse_backend(url)
             if backend.tls is not None:
-                backend = _backend_tls(backend, {**options, "backend_server_name": None})
+                backend = backend_tls(backend, {**options, "backend_server_name": None})
         except ConfigError as e:
             raise ConfigError(str(e).replace(f"--backend {url!r}", f"--route {value!r}")) from None
         routes.append(Route(normalise(host), backend))
@@ -598,9 +598,9 @@ def build_config(
         )
     mode, send_proxy_protocol = _mode(options)
     if mode == "tcp":
-        backend = _backend_tls(parse_tcp_backend(options["backend"]), options)
+        backend = backend_tls(parse_tcp_backend(options["backend"]), options)
     else:
-        backend = _backend_tls(parse_backend(options["backend"]), options)
+        backend = backend_tls(parse_backend(options["backend"]), options)
     limits = Limits(
         header_timeout=_positive(options, "header-timeout"),
         idle_timeout=_positive(options, "idle-timeout"),

@@ -1,9 +1,10 @@
 """`python -m tlsproxy doctor` as a user runs it: real backends on loopback, real certificates.
 
 Each test starts the backends it needs (``http.server`` in a thread: one that answers, one that
-always redirects to https, one that honours X-Forwarded-Proto, one that never answers), runs
-doctor as a subprocess with a controlled environment (its own HOME, trust variables set or
-not), and reads the report and the exit status.
+always redirects to https, one that honours X-Forwarded-Proto, one that never answers; over TCP,
+over TLS with certificates made now by ``tests.certfactory``, or on a unix socket in the test's
+directory), runs doctor as a subprocess with a controlled environment (its own HOME, trust
+variables set or not), and reads the report and the exit status.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import socketserver
+import ssl
 import subprocess
 import sys
 import threading
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.certfactory import make_ca, make_leaf, write_pair, write_pem
+from tests.certfactory import Issued, make_ca, make_leaf, write_pair, write_pem
 from tlsproxy.tls.devca import ensure_dev_certificates
 
 pytestmark = pytest.mark.e2e
@@ -37,12 +40,13 @@ DOCTOR_TIMEOUT = 30.0
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Answers GET as its server's ``mode`` says."""
+    """Answers GET as its server's ``mode`` says, and records each request's headers."""
 
     server: _Server
 
     def do_GET(self) -> None:
         mode = self.server.mode
+        self.server.seen.append(dict(self.headers.items()))
         https_url = f"https://{self.headers.get('Host', '')}{self.path}"
         forwarded_https = self.headers.get("X-Forwarded-Proto") == "https"
         if mode == "loop" or (mode == "honours" and not forwarded_https):
@@ -63,7 +67,20 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, host: str, mode: str) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.mode = mode
+        self.seen: list[dict[str, str]] = []
         super().__init__((host, 0), _Handler)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Failed TLS handshakes are what several tests are about: doctor reports them."""
+
+
+class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: Path, mode: str) -> None:
+        self.mode = mode
+        self.seen: list[dict[str, str]] = []
+        super().__init__(str(path), _Handler)
 
 
 @dataclass
@@ -107,6 +124,67 @@ def start_backend() -> Iterator[StartBackend]:
         servers.append(server)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}).start()
         return RunningBackend(host, server.server_address[1])
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@dataclass
+class TLSBackend:
+    port: int
+    server: _Server
+    server_names: list[str | None]
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+
+StartTLSBackend = Callable[..., TLSBackend]
+
+
+@pytest.fixture
+def start_tls_backend(tmp_path: Path) -> Iterator[StartTLSBackend]:
+    """Start ``http.server`` backends speaking TLS with ``issued`` on 127.0.0.1 port 0."""
+    servers: list[_Server] = []
+
+    def start(issued: Issued, *, mode: str = "plain") -> TLSBackend:
+        chain = write_pem(tmp_path / f"tls-backend-{len(servers)}.pem", issued.cert, issued.key)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(chain)
+        names: list[str | None] = []
+        context.sni_callback = lambda _sock, name, _context: names.append(name)
+        server = _Server("127.0.0.1", mode)
+        # The handshake happens in the handler's thread, on its first read, not in accept().
+        server.socket = context.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}).start()
+        return TLSBackend(server.server_address[1], server, names)
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+StartUnixBackend = Callable[..., tuple[Path, _UnixServer]]
+
+
+@pytest.fixture
+def start_unix_backend(tmp_path: Path) -> Iterator[StartUnixBackend]:
+    """Start ``http.server`` backends on unix sockets in the test's directory."""
+    servers: list[_UnixServer] = []
+
+    def start(name: str = "app.sock", *, mode: str = "plain") -> tuple[Path, _UnixServer]:
+        path = tmp_path / name
+        server = _UnixServer(path, mode)
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}).start()
+        return path, server
 
     yield start
     for server in servers:
@@ -512,3 +590,398 @@ def test_a_bad_backend_url_is_a_usage_error(home: Path, tmp_path: Path) -> None:
     assert report.status == 2
     assert "the backend must be an http://, https:// or unix:/path URL" in report.err
     assert report.out == ""
+
+
+def test_backend_tls_flags_on_a_plain_http_backend_are_a_usage_error(
+    home: Path, tmp_path: Path
+) -> None:
+    """--backend-server-name with an http:// backend: refused as twistd refuses it, exit 2."""
+    report = doctor(
+        "--backend",
+        "http://127.0.0.1:8000",
+        "--backend-server-name",
+        "app.test",
+        env=environment(home),
+        cwd=tmp_path,
+    )
+    assert report.status == 2
+    assert "--backend-server-name applies to an https:// backend only" in report.err
+    assert report.out == ""
+
+
+# --- unix: backends ----------------------------------------------------------------------------
+
+
+def test_a_unix_socket_backend_that_answers_is_probed_over_the_socket(
+    start_unix_backend: StartUnixBackend, certs_dir: Path, home: Path, tmp_path: Path
+) -> None:
+    """unix:/path with an app on it: the socket is ok, the forwarded request reaches it."""
+    path, server = start_unix_backend()
+    report = doctor(
+        "--backend",
+        f"unix:{path}",
+        "--certs-dir",
+        certs_dir,
+        env=trusting_environment(home, certs_dir),
+        cwd=tmp_path,
+    )
+    assert f"{path} is a socket" in report.line("ok", "backend address")
+    assert "answers 200" in report.line("ok", "forwarded HTTPS request")
+    assert "backend over IPv4" not in report.out
+    assert [seen.get("X-Forwarded-Proto") for seen in server.seen] == ["https"]
+    assert report.status == 0, report.out
+
+
+def test_a_unix_socket_backend_that_loops_is_a_redirect_loop(
+    start_unix_backend: StartUnixBackend, certs_dir: Path, home: Path, tmp_path: Path
+) -> None:
+    """The same verdict as over TCP: 301 to the same https URL is a problem."""
+    path, _ = start_unix_backend(mode="loop")
+    report = doctor(
+        "--backend",
+        f"unix:{path}",
+        "--certs-dir",
+        certs_dir,
+        env=trusting_environment(home, certs_dir),
+        cwd=tmp_path,
+    )
+    assert "redirect loop" in report.line("problem", "forwarded HTTPS request")
+    assert "ProxyFix" in report.fix("forwarded HTTPS request")
+    assert report.status == 1
+
+
+def test_a_unix_socket_path_with_no_file_names_the_sockets_that_are_there(
+    start_unix_backend: StartUnixBackend, certs_dir: Path, home: Path, tmp_path: Path
+) -> None:
+    """A wrong path: no file there, the socket beside it named, the request skipped."""
+    path, server = start_unix_backend("gunicorn.sock")
+    wrong = tmp_path / "app.sock"
+    report = doctor(
+        "--backend",
+        f"unix:{wrong}",
+        "--certs-dir",
+        certs_dir,
+        env=trusting_environment(home, certs_dir),
+        cwd=tmp_path,
+    )
+    line = report.line("problem", "backend address")
+    assert f"no socket at {wrong}: no file by that name in {tmp_path}" in line
+    assert f"(the socket files there: {path})" in line
+    assert "start your app" in report.fix("backend address")
+    report.line("skipped", "forwarded HTTPS request")
+    assert server.seen == []
+    assert report.status == 1
+
+
+def test_a_stale_unix_socket_is_nothing_listening(
+    certs_dir: Path, home: Path, tmp_path: Path
+) -> None:
+    """A socket file left by an app that stopped: connection refused, said as such."""
+    path = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+    report = doctor(
+        "--backend",
+        f"unix:{path}",
+        "--certs-dir",
+        certs_dir,
+        env=trusting_environment(home, certs_dir),
+        cwd=tmp_path,
+    )
+    line = report.line("problem", "backend address")
+    assert "nothing is listening on it (connection refused)" in line
+    assert f"delete {path} first" in report.fix("backend address")
+    report.line("skipped", "forwarded HTTPS request")
+
+
+def test_a_regular_file_as_unix_backend_is_not_a_socket(
+    certs_dir: Path, home: Path, tmp_path: Path
+) -> None:
+    """unix: naming a regular file: said plainly, no connection attempted."""
+    path = tmp_path / "app.pid"
+    path.write_text("1234\n")
+    report = doctor(
+        "--backend",
+        f"unix:{path}",
+        "--certs-dir",
+        certs_dir,
+        env=trusting_environment(home, certs_dir),
+        cwd=tmp_path,
+    )
+    assert f"{path} is a regular file, not a socket" in report.line("problem", "backend address")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may connect to any socket file")
+def test_a_unix_socket_without_write_permission_is_permission_denied(
+    start_unix_backend: StartUnixBackend, home: Path, tmp_path: Path
+) -> None:
+    """A socket doctor's user may not write to: permission denied, naming who can fix it."""
+    path, server = start_unix_backend()
+    path.chmod(0o400)
+    report = doctor("--backend", f"unix:{path}", env=environment(home), cwd=tmp_path)
+    line = report.line("problem", "backend address")
+    assert f"may not connect to {path}" in line
+    assert "write permission on the socket file" in line
+    assert "or root can fix it" in report.fix("backend address")
+    report.line("skipped", "forwarded HTTPS request")
+    assert server.seen == []
+
+
+# --- https:// backends -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def backend_ca(tmp_path: Path) -> tuple[Issued, Path]:
+    """A CA for backend certificates, dated now, and its certificate in ``backend-ca.pem``."""
+    ca = make_ca("Backend Test CA", now=datetime.now(UTC))
+    return ca, write_pem(tmp_path / "backend-ca.pem", ca.cert)
+
+
+def backend_leaf(ca: Issued | None, *names: str, expired: bool = False) -> Issued:
+    """A backend certificate for ``names``, valid now (or expired two days ago)."""
+    now = datetime.now(UTC)
+    if expired:
+        return make_leaf(
+            ca, names=names, now=now - timedelta(days=90), not_after=now - timedelta(2)
+        )
+    return make_leaf(ca, names=names, now=now)
+
+
+def test_an_https_backend_verified_with_backend_ca_is_probed_over_tls(
+    start_tls_backend: StartTLSBackend,
+    backend_ca: tuple[Issued, Path],
+    certs_dir: Path,
+    home: Path,
+    tmp_path: Path,
+) -> None:
+    """--backend-ca signs it: IPv4 ok, TLS ok, and the forwarded request goes over that TLS."""
+    ca, ca_path = backend_ca
+    backend = start_tls_backend(backend_leaf(ca, "127.0.0.1"))
+    report = doctor(
+        "--backend",
+        backend.url,
+        "--backend-ca",
+        ca_path,
+        "--certs-dir",
+        certs_dir,
+        env=trusting_environment(home, certs_dir),
+        cwd=tmp_path,
+    )
+    report.line("ok", "backend over IPv4")
+    line = report.line("ok", "backend TLS")
+    assert "verifies for 127.0.0.1 against the --backend-ca file" in line
+    assert "issued by CN=Backend Test CA" in line
+    assert "answers 200" in report.line("ok", "forwarded HTTPS request")
+    assert [seen.get("X-Forwarded-Proto") for seen in backend.server.seen] == ["https"]
+    assert report.status == 0, report.out
+
+
+def test_an_https_backend_that_loops_is_a_redirect_loop(
+    start_tls_backend: StartTLSBackend,
+    backend_ca: tuple[Issued, Path],
+    certs_dir: Path,
+    home: Path,
+    tmp_path: Path,
+) -> None:
+    """Over TLS too, a 301 to the same https URL is the redirect-loop problem."""
+    ca, ca_path = backend_ca
+    backend = start_tls_backend(backend_leaf(ca, "127.0.0.1"), mode="loop")
+    report = doctor(
+        "--backend",
+        backend.url,
+        "--backend-ca",
+        ca_path,
+        "--certs-dir",
+        certs_dir,
+        env=trusting_environment(home, certs_dir),
+        cwd=tmp_path,
+    )
+    report.line("ok", "backend TLS")
+    assert "redirect loop" in report.line("problem", "forwarded HTTPS request")
+    assert report.status == 1
+
+
+def test_an_https_backend_with_nothing_listening_skips_tls_and_the_request(
+    certs_dir: Path, home: Path, tmp_path: Path
+) -> None:
+    """A closed port: the IPv4 problem; the TLS and request checks are skipped, not guessed."""
+    report = doctor(
+        "--backend",
+        f"https://127.0.0.1:{unused_port()}",
+        "--certs-dir",
+        certs_dir,
+        env=trusting_environment(home, certs_dir),
+        cwd=tmp_path,
+    )
+    assert "connection refused" in report.line("problem", "backend over IPv4")
+    report.line("skipped", "backend TLS")
+    report.line("skipped", "forwarded HTTPS request")
+    assert report.status == 1
+
+
+def test_an_unknown_backend_ca_is_a_problem_that_backend_ca_fixes(
+    start_tls_backend: StartTLSBackend,
+    backend_ca: tuple[Issued, Path],
+    certs_dir: Path,
+    home: Path,
+    tmp_path: Path,
+) -> None:
+    """Signed by a CA neither the system nor --backend-ca trusts: why, and the CA to give;
+    given that CA, the same backend is ok."""
+    ca, ca_path = backend_ca
+    backend = start_tls_backend(backend_leaf(ca, "127.0.0.1"))
+    other = write_pem(tmp_path / "other-ca.pem", make_ca("Other CA", now=datetime.now(UTC)).cert)
+    env = trusting_environment(home, certs_dir)
+    for trust in ((), ("--backend-ca", other)):
+        report = doctor(
+            "--backend", backend.url, *trust, "--certs-dir", certs_dir, env=env, cwd=tmp_path
+        )
+        line = report.line("problem", "backend TLS")
+        assert "presented a certificate that did not verify for 127.0.0.1" in line
+        assert "it is issued by CN=Backend Test CA, which is not in" in line
+        assert "--backend-ca" in report.fix("backend TLS")
+        report.line("skipped", "forwarded HTTPS request")
+        assert report.status == 1
+    assert backend.server.seen == []
+    fixed = doctor(
+        "--backend",
+        backend.url,
+        "--backend-ca",
+        ca_path,
+        "--certs-dir",
+        certs_dir,
+        env=env,
+        cwd=tmp_path,
+    )
+    fixed.line("ok", "backend TLS")
+    fixed.line("ok", "forwarded HTTPS request")
+    assert fixed.status == 0, fixed.out
+
+
+def test_a_backend_certificate_for_another_name_points_at_backend_server_name(
+    start_tls_backend: StartTLSBackend,
+    backend_ca: tuple[Issued, Path],
+    certs_dir: Path,
+    home: Path,
+    tmp_path: Path,
+) -> None:
+    """Issued to backend.test, reached as 127.0.0.1: a name problem naming the flag to give;
+    with --backend-server-name backend.test it is sent as SNI and verifies."""
+    ca, ca_path = backend_ca
+    backend = start_tls_backend(backend_leaf(ca, "backend.test"))
+    env = trusting_environment(home, certs_dir)
+    flags = ("--backend", backend.url, "--backend-ca", ca_path, "--certs-dir", certs_dir)
+    report = doctor(*flags, env=env, cwd=tmp_path)
+    line = report.line("problem", "backend TLS")
+    assert "did not verify for 127.0.0.1: it is not issued to that name" in line
+    assert "(it is for backend.test)" in line
+    assert "--backend-server-name backend.test" in report.fix("backend TLS")
+    fixed = doctor(*flags, "--backend-server-name", "backend.test", env=env, cwd=tmp_path)
+    assert "verifies for backend.test" in fixed.line("ok", "backend TLS")
+    fixed.line("ok", "forwarded HTTPS request")
+    assert backend.server_names[-1] == "backend.test"
+    assert fixed.status == 0, fixed.out
+
+
+def test_an_expired_backend_certificate_says_so_and_when(
+    start_tls_backend: StartTLSBackend,
+    backend_ca: tuple[Issued, Path],
+    certs_dir: Path,
+    home: Path,
+    tmp_path: Path,
+) -> None:
+    """Signed by --backend-ca but expired: the date, and renewing as the fix."""
+    ca, ca_path = backend_ca
+    backend = start_tls_backend(backend_leaf(ca, "127.0.0.1", expired=True))
+    report = doctor(
+        "--backend",
+        backend.url,
+        "--backend-ca",
+        ca_path,
+        "--certs-dir",
+        certs_dir,
+        env=trusting_environment(home, certs_dir),
+        cwd=tmp_path,
+    )
+    assert "(2 days ago)" in report.line("problem", "backend TLS")
+    assert "renew the backend's certificate" in report.fix("backend TLS")
+
+
+def test_a_self_signed_backend_is_a_problem_and_insecure_backend_a_warning(
+    start_tls_backend: StartTLSBackend, certs_dir: Path, home: Path, tmp_path: Path
+) -> None:
+    """Self-signed: a problem; --insecure-backend: the request goes through, with a warning."""
+    backend = start_tls_backend(backend_leaf(None, "127.0.0.1"))
+    env = trusting_environment(home, certs_dir)
+    flags = ("--backend", backend.url, "--certs-dir", certs_dir)
+    report = doctor(*flags, env=env, cwd=tmp_path)
+    assert "it is self-signed" in report.line("problem", "backend TLS")
+    insecure = doctor(*flags, "--insecure-backend", env=env, cwd=tmp_path)
+    assert "not verified (--insecure-backend)" in insecure.line("warning", "backend TLS")
+    insecure.line("ok", "forwarded HTTPS request")
+    assert insecure.status == 0, insecure.out
+
+
+def test_an_https_backend_url_on_a_plain_http_port_says_use_http(
+    start_backend: StartBackend, certs_dir: Path, home: Path, tmp_path: Path
+) -> None:
+    """https:// pointing at a plain-HTTP app: the handshake fails; the fix names http://."""
+    backend = start_backend()
+    report = doctor(
+        "--backend",
+        f"https://127.0.0.1:{backend.port}",
+        "--certs-dir",
+        certs_dir,
+        env=trusting_environment(home, certs_dir),
+        cwd=tmp_path,
+    )
+    assert "failed the TLS handshake" in report.line("problem", "backend TLS")
+    assert "use an http:// --backend" in report.fix("backend TLS")
+
+
+def test_an_https_backend_that_never_answers_the_handshake_is_bounded(
+    silent_backend: int, certs_dir: Path, home: Path, tmp_path: Path
+) -> None:
+    """Connected, no ServerHello: a problem after the 3 s handshake timeout, not a hang."""
+    report = doctor(
+        "--backend",
+        f"https://127.0.0.1:{silent_backend}",
+        "--certs-dir",
+        certs_dir,
+        env=trusting_environment(home, certs_dir),
+        cwd=tmp_path,
+    )
+    assert "did not complete a TLS handshake within 3 s" in report.line("problem", "backend TLS")
+    report.line("skipped", "forwarded HTTPS request")
+    assert report.seconds < 15
+
+
+@needs_ipv6
+def test_an_https_localhost_backend_on_ipv4_only_keeps_the_name_in_the_fix(
+    start_tls_backend: StartTLSBackend,
+    backend_ca: tuple[Issued, Path],
+    certs_dir: Path,
+    home: Path,
+    tmp_path: Path,
+) -> None:
+    """https://localhost, app on 127.0.0.1: the IPv6 warning's fix keeps verifying localhost."""
+    ca, ca_path = backend_ca
+    backend = start_tls_backend(backend_leaf(ca, "localhost"))
+    report = doctor(
+        "--backend",
+        f"https://localhost:{backend.port}",
+        "--backend-ca",
+        ca_path,
+        "--certs-dir",
+        certs_dir,
+        env=trusting_environment(home, certs_dir),
+        cwd=tmp_path,
+    )
+    report.line("ok", "backend over IPv4")
+    report.line("warning", "backend over IPv6")
+    assert f"https://127.0.0.1:{backend.port} --backend-server-name localhost" in report.fix(
+        "backend over IPv6"
+    )
+    assert "verifies for localhost" in report.line("ok", "backend TLS")
+    assert backend.server_names == ["localhost"]
+    assert report.status == 0, report.out

@@ -2,23 +2,40 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from OpenSSL import SSL
+from service_identity import VerificationError
+from twisted.internet import error as net_error
+from twisted.python.failure import Failure
 
 from tests.certfactory import DAY, NOW, Issued, cert_pem, make_ca, make_leaf, write_pair, write_pem
 from tlsproxy.backend import BackendAddress
 from tlsproxy.config import parse_backend
+from tlsproxy.doctor import run
 from tlsproxy.doctor.backend import (
     Plan,
     ResponseHead,
+    backend_url,
     forwarded_finding,
     forwarded_request,
+    head_complete,
+    no_answer_finding,
     parse_response_head,
     plan_addresses,
     reachability_findings,
     redirect_verdict,
+)
+from tlsproxy.doctor.backendtls import (
+    Handshake,
+    Outcome,
+    certificate_names,
+    handshake_finding,
+    handshake_timeout_finding,
 )
 from tlsproxy.doctor.certificate import (
     ServedCertificate,
@@ -33,6 +50,7 @@ from tlsproxy.doctor.finding import (
     Finding,
     Status,
     exit_status,
+    guarded,
     ok,
     problem,
     render,
@@ -40,6 +58,7 @@ from tlsproxy.doctor.finding import (
     summary,
     warning,
 )
+from tlsproxy.doctor.socketfile import DENIED, REFUSED, Owner, SocketFile, socket_finding
 from tlsproxy.doctor.truststores import (
     NssEntry,
     SystemStore,
@@ -50,6 +69,7 @@ from tlsproxy.doctor.truststores import (
     python_finding,
     system_finding,
 )
+from tlsproxy.tls.client import describe_tls_failure
 from tlsproxy.tls.devca import ensure_dev_certificates
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -101,6 +121,20 @@ def test_report_puts_each_fix_under_its_line_and_ends_with_a_summary() -> None:
     assert lines[3] == "problem c: bad"
     assert lines[4] == "        fix: do y"
     assert lines[5] == "summary: 1 problem, 1 warning, 0 skipped, 1 ok: fix the problems above"
+
+
+def test_a_check_that_raises_becomes_its_own_problem_line() -> None:
+    """guarded: an unforeseen exception is a problem naming the check and asking for a report."""
+
+    def broken() -> Finding:
+        raise RuntimeError("boom")
+
+    found = guarded("backend TLS", broken)
+    assert isinstance(found, Finding)
+    assert found.status is Status.PROBLEM
+    assert "RuntimeError: boom" in found.detail
+    assert "bug in tlsproxy doctor" in found.fix
+    assert guarded("x", lambda: 42) == 42
 
 
 def test_exit_status_is_one_only_for_a_problem() -> None:
@@ -576,3 +610,329 @@ def test_plain_answers_and_redirects_elsewhere_are_ok_and_errors_warn() -> None:
     assert login.status is Status.OK
     error = forwarded_finding(response(500), backend=backend(), port=8443)
     assert error.status is Status.WARNING
+
+
+def test_a_response_head_is_complete_only_after_its_blank_line() -> None:
+    """head_complete stops the reading at the final head, not at a 1xx one."""
+    assert not head_complete(b"HTTP/1.1 200 OK\r\nServer: x\r\n")
+    assert not head_complete(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n")
+    assert head_complete(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n")
+
+
+def test_no_answer_is_a_problem_whose_fix_fits_the_kind_of_backend() -> None:
+    """Silence from http, https and unix backends points at the likely mix-up of each."""
+    plain = no_answer_finding(backend(), where="127.0.0.1:8000", reason="timed out")
+    assert plain.status is Status.PROBLEM
+    assert "127.0.0.1:8000 accepted the connection but gave no HTTP answer" in plain.detail
+    assert "use an https:// --backend" in plain.fix
+    tls = no_answer_finding(backend("https://127.0.0.1:8443"), where="x", reason="timed out")
+    assert "behind this TLS port speaks HTTP/1.1" in tls.fix
+    unix = no_answer_finding(backend("unix:/run/app.sock"), where="/run/app.sock", reason="x")
+    assert "your app's HTTP socket" in unix.fix
+
+
+# --- https:// backends: reachability and the TLS handshake -------------------------------------
+
+
+def test_an_https_backend_is_suggested_by_address_keeping_the_name_it_verifies() -> None:
+    """Naming an address instead of localhost keeps --backend-server-name localhost."""
+    https = backend("https://localhost:8443/app")
+    assert backend_url(https, "127.0.0.1") == (
+        "https://127.0.0.1:8443/app --backend-server-name localhost"
+    )
+    assert backend_url(https, "localhost") == "https://localhost:8443/app"
+    assert backend_url(backend("http://127.0.0.1:8000"), "::1") == "http://[::1]:8000"
+    found = reachability_findings(
+        https,
+        Plan(used=("127.0.0.1", "::1")),
+        {"127.0.0.1": None, "::1": "connection refused"},
+    )
+    assert [f.status for f in found] == [Status.OK, Status.WARNING]
+    assert "https://127.0.0.1:8443/app --backend-server-name localhost" in found[1].fix
+
+
+def https_backend(
+    url: str = "https://127.0.0.1:8443", *, ca: x509.Certificate | None = None, verify: bool = True
+) -> BackendAddress:
+    """``url`` as doctor sees it after --backend-ca (``ca``) or --insecure-backend."""
+    address = backend(url)
+    assert address.tls is not None
+    tls = dataclasses.replace(address.tls, ca_pem=cert_pem(ca) if ca else None, verify=verify)
+    return dataclasses.replace(address, tls=tls)
+
+
+def refused(address: BackendAddress, reason: Exception, cert: x509.Certificate) -> Handshake:
+    """The handshake tlsproxy's client makes fail with ``reason``, in the 502's words."""
+    outcome = Outcome.NAME if isinstance(reason, VerificationError) else Outcome.CHAIN
+    assert address.tls is not None
+    said = describe_tls_failure(Failure(reason), address.tls, port=address.port)
+    return Handshake(outcome, said=said, certificate=cert)
+
+
+VERIFY_FAILED = SSL.Error([("SSL routines", "", "certificate verify failed")])
+WHERE = "127.0.0.1:8443"
+
+
+def test_a_verified_handshake_is_ok_naming_the_trust_and_the_issuer() -> None:
+    """Verified against --backend-ca: ok, with the issuer and the end date."""
+    ca = make_ca("Backend CA")
+    leaf = make_leaf(ca, names=["127.0.0.1"])
+    found = handshake_finding(
+        Handshake(Outcome.VERIFIED, certificate=leaf.cert),
+        backend=https_backend(ca=ca.cert),
+        where=WHERE,
+        now=NOW,
+    )
+    assert found.status is Status.OK
+    assert "verifies for 127.0.0.1 against the --backend-ca file" in found.detail
+    assert "issued by CN=Backend CA" in found.detail
+
+
+def test_a_backend_certificate_about_to_expire_is_a_warning() -> None:
+    """Within 14 days of its end, a verified certificate warns to renew it."""
+    ca = make_ca()
+    leaf = make_leaf(ca, names=["127.0.0.1"], not_after=NOW + 5 * DAY)
+    found = handshake_finding(
+        Handshake(Outcome.VERIFIED, certificate=leaf.cert),
+        backend=https_backend(ca=ca.cert),
+        where=WHERE,
+        now=NOW,
+    )
+    assert found.status is Status.WARNING
+    assert "expires soon" in found.detail
+    assert "renew" in found.fix
+
+
+def test_insecure_backend_is_a_warning_pointing_at_backend_ca() -> None:
+    """--insecure-backend: the handshake works but nothing is checked."""
+    found = handshake_finding(
+        Handshake(Outcome.UNVERIFIED),
+        backend=https_backend(verify=False),
+        where=WHERE,
+        now=NOW,
+    )
+    assert found.status is Status.WARNING
+    assert "not verified (--insecure-backend)" in found.detail
+    assert "--backend-ca" in found.fix
+
+
+def test_a_name_mismatch_uses_the_502_words_and_names_the_server_name_to_give() -> None:
+    """service-identity refused the name: the 502 sentence, the certificate's names, the flag."""
+    ca = make_ca()
+    leaf = make_leaf(ca, names=["*.internal", "backend.test", "10.0.0.5"])
+    address = https_backend(ca=ca.cert)
+    found = handshake_finding(
+        refused(address, VerificationError(errors=[]), leaf.cert),
+        backend=address,
+        where=WHERE,
+        now=NOW,
+    )
+    assert found.status is Status.PROBLEM
+    assert found.detail == (
+        f"{WHERE} presented a certificate that did not verify for 127.0.0.1: it is not issued "
+        "to that name (it is for *.internal, backend.test, 10.0.0.5)"
+    )
+    assert "--backend-server-name (here: --backend-server-name backend.test)" in found.fix
+    assert "--insecure-backend" in found.fix
+
+
+def test_an_expired_backend_certificate_says_renew_not_another_ca() -> None:
+    """Signed by the --backend-ca CA but expired: the date, and renewing is the fix."""
+    ca = make_ca("Backend CA")
+    leaf = make_leaf(ca, names=["127.0.0.1"], not_before=NOW - 90 * DAY, not_after=NOW - 2 * DAY)
+    address = https_backend(ca=ca.cert)
+    found = handshake_finding(
+        refused(address, VERIFY_FAILED, leaf.cert), backend=address, where=WHERE, now=NOW
+    )
+    assert found.status is Status.PROBLEM
+    assert "did not verify for 127.0.0.1" in found.detail
+    assert "it expired on 2026-05-30 12:00 UTC (2 days ago)" in found.detail
+    assert "renew the backend's certificate" in found.fix
+    assert "not in" not in found.detail
+
+
+def test_a_certificate_from_an_unknown_ca_names_that_ca_for_backend_ca() -> None:
+    """Signed by a CA the --backend-ca file lacks: which CA, and --backend-ca as the fix."""
+    ca, other = make_ca("Backend CA"), make_ca("Other CA")
+    leaf = make_leaf(ca, names=["127.0.0.1"])
+    address = https_backend(ca=other.cert)
+    found = handshake_finding(
+        refused(address, VERIFY_FAILED, leaf.cert), backend=address, where=WHERE, now=NOW
+    )
+    assert found.status is Status.PROBLEM
+    assert "(not signed by a CA in the --backend-ca file, self-signed, or expired)" in found.detail
+    assert "it is issued by CN=Backend CA, which is not in the --backend-ca file" in found.detail
+    assert "give the certificate of CN=Backend CA, the CA that signed it, with --backend-ca" in (
+        found.fix
+    )
+    system = https_backend()
+    in_system = handshake_finding(
+        refused(system, VERIFY_FAILED, leaf.cert), backend=system, where=WHERE, now=NOW
+    )
+    assert "which is not in the system store" in in_system.detail
+
+
+def test_a_self_signed_backend_certificate_is_its_own_backend_ca() -> None:
+    """Self-signed, no --backend-ca: say so, and that the certificate itself is the CA to give."""
+    leaf = make_leaf(None, names=["127.0.0.1"])
+    address = https_backend()
+    found = handshake_finding(
+        refused(address, VERIFY_FAILED, leaf.cert), backend=address, where=WHERE, now=NOW
+    )
+    assert f"it is self-signed ({leaf.cert.subject.rfc4514_string()})" in found.detail
+    assert "give the certificate itself with --backend-ca" in found.fix
+
+
+def test_a_ca_made_again_under_the_same_name_is_told_apart() -> None:
+    """--backend-ca holds a CA of the right name but another key: the CA was regenerated."""
+    old, new = make_ca("Backend CA"), make_ca("Backend CA")
+    leaf = make_leaf(new, names=["127.0.0.1"])
+    address = https_backend(ca=old.cert)
+    found = handshake_finding(
+        refused(address, VERIFY_FAILED, leaf.cert), backend=address, where=WHERE, now=NOW
+    )
+    assert "holds a CA named CN=Backend CA, but not the one that signed" in found.detail
+
+
+def test_a_handshake_that_is_not_tls_says_whether_it_is_plain_http() -> None:
+    """An SSL error other than verification: the 502's question about plain http."""
+    address = https_backend()
+    assert address.tls is not None
+    said = describe_tls_failure(
+        Failure(SSL.Error([("SSL routines", "", "wrong version number")])), address.tls, port=8443
+    )
+    found = handshake_finding(
+        Handshake(Outcome.FAILED, said=said), backend=address, where=WHERE, now=NOW
+    )
+    assert found.detail == f"{WHERE} failed the TLS handshake (wrong version number)"
+    assert "plain http (then use an http:// --backend)" in found.fix
+    closed = describe_tls_failure(Failure(net_error.ConnectionDone()), address.tls, port=8443)
+    assert (
+        "closed the connection during the TLS handshake"
+        in handshake_finding(
+            Handshake(Outcome.FAILED, said=closed), backend=address, where=WHERE, now=NOW
+        ).detail
+    )
+
+
+def test_a_silent_tls_port_is_a_timed_problem() -> None:
+    """No handshake in time: a problem saying how long doctor waited."""
+    found = handshake_timeout_finding(where=WHERE, seconds=3.0)
+    assert found.status is Status.PROBLEM
+    assert "did not complete a TLS handshake within 3 s" in found.detail
+
+
+def test_certificate_names_are_its_dns_names_and_addresses() -> None:
+    """The subjectAltName, DNS names first; none without the extension."""
+    assert certificate_names(make_leaf(None, names=["::1", "a.test"]).cert) == ("a.test", "::1")
+    assert certificate_names(make_leaf(None, san=False).cert) == ()
+
+
+# --- unix: backends ------------------------------------------------------------------------
+
+
+SOCKET = "/run/app/http.sock"
+APP_OWNER = Owner("srwxr-x---", "app", "www-data")
+
+
+def test_a_socket_that_accepts_is_ok_with_its_mode_and_owner() -> None:
+    """Rule 1's happy end: a socket, connected."""
+    found = socket_finding(SocketFile(SOCKET, "alice", kind="socket", owner=APP_OWNER))
+    assert found.status is Status.OK
+    assert found.detail == f"{SOCKET} is a socket (srwxr-x--- app:www-data) and accepts connections"
+
+
+def test_a_missing_socket_names_the_path_and_the_sockets_that_are_there() -> None:
+    """Wrong path: the file is absent; the sockets in its directory are listed."""
+    found = socket_finding(SocketFile(SOCKET, "alice", sockets_nearby=("/run/app/gunicorn.sock",)))
+    assert found.status is Status.PROBLEM
+    assert "no socket at /run/app/http.sock: no file by that name in /run/app" in found.detail
+    assert "(the socket files there: /run/app/gunicorn.sock)" in found.detail
+    assert "start your app" in found.fix
+    assert "--bind unix:/run/app/http.sock" in found.fix
+    gone = socket_finding(SocketFile(SOCKET, "alice", missing_directory="/run/app"))
+    assert "the directory /run/app does not exist" in gone.detail
+
+
+def test_a_file_that_is_not_a_socket_says_what_it_is() -> None:
+    """A regular file or a directory: not a socket; a directory suggests a file inside it."""
+    file = socket_finding(SocketFile("/run/app/http.pid", "alice", kind="regular file"))
+    assert file.detail == "/run/app/http.pid is a regular file, not a socket"
+    directory = socket_finding(SocketFile("/run/app", "alice", kind="directory"))
+    assert "--backend unix:/run/app/app.sock" in directory.fix
+
+
+def test_a_socket_nobody_listens_on_is_refused_and_stale() -> None:
+    """ECONNREFUSED on a socket file: nothing listening, the app left it behind."""
+    found = socket_finding(
+        SocketFile(SOCKET, "alice", kind="socket", owner=APP_OWNER, connect=REFUSED)
+    )
+    assert found.status is Status.PROBLEM
+    assert "nothing is listening on it (connection refused)" in found.detail
+    assert "start your app" in found.fix
+
+
+def test_permission_denied_on_the_socket_says_who_can_fix_it() -> None:
+    """EACCES: the socket's owner or root; the group to join; the user doctor ran as."""
+    found = socket_finding(
+        SocketFile(SOCKET, "alice", kind="socket", owner=APP_OWNER, connect=DENIED)
+    )
+    assert found.status is Status.PROBLEM
+    assert found.detail.startswith(f"permission denied: alice may not connect to {SOCKET}")
+    assert "write permission on the socket file" in found.detail
+    assert found.fix.startswith("app (the socket's owner, through the app's settings) or root")
+    assert "sudo usermod -aG www-data USER" in found.fix
+    assert "run tlsproxy as app" in found.fix
+    assert "doctor ran as alice" in found.fix
+
+
+def test_a_directory_that_cannot_be_searched_is_named_with_its_owner() -> None:
+    """stat itself was refused: the directory in the way, its owner, and chmod g+x."""
+    found = socket_finding(
+        SocketFile(
+            SOCKET,
+            "alice",
+            blocked="/run/app",
+            blocked_owner=Owner("drwx------", "app", "app"),
+        )
+    )
+    assert found.status is Status.PROBLEM
+    assert "alice may not look inside /run/app (drwx------ app:app)" in found.detail
+    assert "`chmod g+x /run/app`" in found.fix
+
+
+def test_another_connect_failure_is_said_in_its_own_words() -> None:
+    """A timeout (full listen queue) is a problem quoting the reason."""
+    found = socket_finding(
+        SocketFile(SOCKET, "alice", kind="socket", connect="no answer within 2 s")
+    )
+    assert found.status is Status.PROBLEM
+    assert found.detail == f"{SOCKET} is a socket, but connecting failed: no answer within 2 s"
+
+
+# --- the flags -----------------------------------------------------------------------------
+
+
+def doctor(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    status = run(list(argv), out=out, err=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_backend_tls_flags_follow_the_rules_of_twistd_tlsproxy(tmp_path: Path) -> None:
+    """--backend-ca and friends are usage errors where twistd refuses them (exit 2, no probe)."""
+    status, out, err = doctor("--backend", "http://127.0.0.1:8000", "--insecure-backend")
+    assert (status, out) == (2, "")
+    assert "--insecure-backend applies to an https:// backend only" in err
+    https = "https://127.0.0.1:8443"
+    status, _, err = doctor("--backend", https, "--backend-ca", str(tmp_path / "none.pem"))
+    assert status == 2
+    assert "--backend-ca" in err
+    assert "cannot read it" in err
+    ca = write_pem(tmp_path / "ca.pem", make_ca().cert)
+    status, _, err = doctor("--backend", https, "--backend-ca", str(ca), "--insecure-backend")
+    assert status == 2
+    assert "contradict each other" in err
+    status, _, err = doctor("--backend", https, "--backend-server-name", "not a name!")
+    assert status == 2
+    assert "is neither a DNS name nor an IP address" in err

@@ -1,14 +1,20 @@
 """The backend as tlsproxy reaches it: which addresses answer, and how it answers a request
-forwarded from HTTPS.
+forwarded from HTTPS. Decisions only: the sockets are in ``tlsproxy.doctor.backendprobe`` and
+``tlsproxy.doctor.tlschannel``.
 
 Rules:
 
 1. Addresses are probed as tlsproxy uses them: ``localhost`` is 127.0.0.1 and ::1 (tlsproxy
    tries both); a name is resolved, both families; a loopback literal also probes the other
    loopback, because a dev server bound to ::1 only is the usual reason 127.0.0.1 refuses.
-2. Every network step is bounded: resolving and connecting 2 s, the response head 3 s.
+   An ``https://`` backend is probed the same way (its TLS is judged by
+   ``tlsproxy.doctor.backendtls``); a ``unix:`` one has a socket file instead of addresses
+   (``tlsproxy.doctor.socketfile``).
+2. Every network step is bounded: resolving and connecting 2 s, the TLS handshake 3 s, the
+   response head 3 s.
 3. The request is the one tlsproxy forwards for ``https://localhost:PORT/`` (its headers are
-   built by ``tlsproxy.http.headers``), so the answer is the one a browser would get.
+   built by ``tlsproxy.http.headers``), so the answer is the one a browser would get; it goes
+   over the transport tlsproxy would use (TCP, TLS over TCP, or the unix socket).
 4. The redirect-loop signature: a redirect to the same page on ``https://`` (the app believes it
    was reached over plain HTTP and sends the browser back to where it already is) or to
    ``http://`` on the same host.
@@ -17,9 +23,6 @@ Rules:
 from __future__ import annotations
 
 import ipaddress
-import socket
-import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -29,13 +32,14 @@ from tlsproxy.doctor.finding import Finding, ok, problem, skipped, warning
 from tlsproxy.http.headers import ClientInfo, check_request_head
 
 CONNECT_TIMEOUT = 2.0
+HANDSHAKE_TIMEOUT = 3.0
 READ_TIMEOUT = 3.0
 RESOLVE_TIMEOUT = 2.0
-MAX_HEAD_BYTES = 64 * 1024
 
 ADDRESS = "backend address"
 IPV4 = "backend over IPv4"
 IPV6 = "backend over IPv6"
+TLS = "backend TLS"
 FORWARDED = "forwarded HTTPS request"
 
 _LOOPBACKS = ("127.0.0.1", "::1")
@@ -50,28 +54,6 @@ FRAMEWORK_SETTINGS = {
     "Express": 'app.set("trust proxy", "loopback")',
     "Uvicorn": "uvicorn --proxy-headers --forwarded-allow-ips 127.0.0.1",
 }
-
-
-# --- which backends ------------------------------------------------------------------------------
-
-
-def unprobed_findings(backend: BackendAddress) -> list[Finding]:
-    """For a backend doctor cannot probe yet (https://, unix:), one skipped line per check.
-
-    Said plainly rather than probed wrongly: a TCP probe of an https backend would report a
-    working backend whose certificate tlsproxy may refuse, and a unix socket has no address.
-    """
-    if backend.socket_path is not None:
-        kind, what = "a unix: backend", f"the socket {backend.socket_path}"
-    elif backend.tls is not None:
-        kind, what = "an https:// backend", f"{backend.url} (with its certificate)"
-    else:
-        return []
-    fix = f"check {what} through tlsproxy itself, e.g. curl the proxy and read a 502's reason"
-    return [
-        skipped(ADDRESS, f"doctor cannot probe {kind} yet", fix),
-        skipped(FORWARDED, f"doctor cannot send a request to {kind} yet", fix),
-    ]
 
 
 # --- which addresses -----------------------------------------------------------------------------
@@ -109,6 +91,22 @@ def host_port(address: str, port: int) -> str:
     return f"[{address}]:{port}" if _version(address) == 6 else f"{address}:{port}"
 
 
+def backend_url(backend: BackendAddress, host: str) -> str:
+    """The ``--backend`` (and, for https, the name to keep checking) that connects to ``host``.
+
+    An https backend verifies its certificate for the URL's host, so naming an address instead
+    keeps the name it had with ``--backend-server-name``.
+    """
+    port = backend.port
+    authority = f"localhost:{port}" if host == "localhost" else host_port(host, port)
+    prefix = backend.path_prefix.decode("ascii")
+    if backend.tls is None:
+        return f"http://{authority}{prefix}"
+    url = f"https://{authority}{prefix}"
+    name = backend.tls.server_name
+    return url if name == host else f"{url} --backend-server-name {name}"
+
+
 def reachability_findings(
     backend: BackendAddress, plan: Plan, probes: Mapping[str, str | None]
 ) -> list[Finding]:
@@ -143,8 +141,8 @@ def _family_finding(
             other = extra_answering[0]
             fix = (
                 f"your app listens only on {host_port(other, port)}: use --backend "
-                f"http://{host_port(other, port)} (or http://localhost:{port}, which tries "
-                f"both), or bind the app to {used[0]} too"
+                f"{backend_url(backend, other)} (or {backend_url(backend, 'localhost')}, which "
+                f"tries both), or bind the app to {used[0]} too"
             )
         else:
             fix = f"start your app, or correct the host and port in --backend {backend.url}"
@@ -160,7 +158,7 @@ def _family_finding(
             check,
             f"not used: --backend names {host}, so tlsproxy connects over "
             f"IPv{other_version} only ({also})",
-            f"nothing to do; --backend http://localhost:{port} would use both",
+            f"nothing to do; --backend {backend_url(backend, 'localhost')} would use both",
         )
     if plan.used and all(_version(a) != version for a in plan.used):
         return skipped(
@@ -191,14 +189,15 @@ def _other_family_only(
             check,
             f"nothing accepts connections at {failures}: {why}; tlsproxy tries both, so it "
             "works through the proxy, but not for everything that opens localhost directly",
-            f"bind your app to both 127.0.0.1 and ::1, or use --backend http://{only}",
+            f"bind your app to both 127.0.0.1 and ::1, or use --backend "
+            f"{backend_url(backend, answering)}",
         )
     return warning(
         check,
         f"{backend.host} resolves to {failures}, where nothing answers; tlsproxy falls back "
         f"to {host_port(answering, port)}, after a failed attempt each time it connects",
         f"make the app listen on every address {backend.host} resolves to, or give --backend "
-        f"http://{host_port(answering, port)}",
+        f"{backend_url(backend, answering)}",
     )
 
 
@@ -343,81 +342,34 @@ def framework_fix(response: ResponseHead) -> str:
     return f"make the app trust tlsproxy's forwarded headers. {settings} (docs/headers.md)"
 
 
-# --- I/O ---------------------------------------------------------------------------------------
-
-
-def resolve(host: str, port: int, timeout: float = RESOLVE_TIMEOUT) -> list[str]:
-    """The addresses of ``host``, in resolver order; OSError when it fails or takes too long."""
-    # getaddrinfo has no timeout of its own: run it aside and stop waiting (rule 2).
-    found: list[str] = []
-    failure: list[OSError] = []
-
-    def lookup() -> None:
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            found.extend(str(info[4][0]) for info in infos)
-        except OSError as exc:
-            failure.append(exc)
-
-    worker = threading.Thread(target=lookup, name="doctor-resolve", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise OSError(f"no answer from the resolver within {timeout:g} s")
-    if failure:
-        raise failure[0]
-    return found
-
-
-def probe(address: str, port: int, timeout: float = CONNECT_TIMEOUT) -> str | None:
-    """None when a TCP connection to ``address``:``port`` opens, else why not, in words."""
-    try:
-        with socket.create_connection((address, port), timeout=timeout):
-            return None
-    except ConnectionRefusedError:
-        return "connection refused"
-    except TimeoutError:
-        return f"no answer within {timeout:g} s"
-    except OSError as exc:
-        return exc.strerror or str(exc)
-
-
-def fetch_head(
-    address: str,
-    port: int,
-    request: bytes,
-    *,
-    connect_timeout: float = CONNECT_TIMEOUT,
-    read_timeout: float = READ_TIMEOUT,
-) -> bytes:
-    """Send ``request`` and read until the end of a final response head, within the timeouts."""
-    with socket.create_connection((address, port), timeout=connect_timeout) as connection:
-        connection.sendall(request)
-        deadline = time.monotonic() + read_timeout
-        data = b""
-        while len(data) < MAX_HEAD_BYTES:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no complete response head within {read_timeout:g} s")
-            connection.settimeout(left)
-            try:
-                chunk = connection.recv(16384)
-            except TimeoutError:
-                raise TimeoutError(f"no complete response head within {read_timeout:g} s") from None
-            if not chunk:
-                break
-            data += chunk
-            if _final_head_complete(data):
-                break
-        return data
-
-
-def _final_head_complete(data: bytes) -> bool:
+def head_complete(data: bytes) -> bool:
+    """Whether ``data`` holds a whole final response head (the reading can stop)."""
     try:
         parse_response_head(data)
     except ValueError:
         return False
     return True
+
+
+def no_answer_finding(backend: BackendAddress, *, where: str, reason: str) -> Finding:
+    """The forwarded request reached ``where`` but no HTTP response head came back."""
+    if backend.socket_path is not None:
+        fix = (
+            "check that the socket is your app's HTTP socket (not, say, a database's or a "
+            "FastCGI/uwsgi one) and that the app is not stuck"
+        )
+    elif backend.tls is not None:
+        fix = "check that the app behind this TLS port speaks HTTP/1.1 and is not stuck"
+    else:
+        fix = (
+            "check that --backend points at your app's plain-HTTP port (for an https one, "
+            "use an https:// --backend) and that the app is not stuck"
+        )
+    return problem(
+        FORWARDED,
+        f"{where} accepted the connection but gave no HTTP answer to GET /: {reason}",
+        fix,
+    )
 
 
 def first_answering(plan: Plan, probes: Mapping[str, str | None]) -> str | None:

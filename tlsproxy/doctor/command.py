@@ -3,8 +3,9 @@
 Rules:
 
 1. The flags mean what they mean to ``twistd tlsproxy`` and are validated by the same functions
-   (``tlsproxy.config.parse_backend``, ``tlsproxy.tls.devca.wanted_names``); a bad flag is a
-   usage error (exit status 2), like every other command.
+   (``tlsproxy.config.parse_backend`` and the rules for ``--backend-ca``,
+   ``--backend-server-name`` and ``--insecure-backend``, ``tlsproxy.tls.devca.wanted_names``);
+   a bad flag is a usage error (exit status 2), like every other command.
 2. Nothing a check meets escapes it: an unexpected error becomes that check's problem line, so
    doctor prints its report, never a traceback.
 3. Each finding is printed as soon as it is known (the backend checks may take seconds), and
@@ -19,29 +20,31 @@ import shutil
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO, TypeVar
+from typing import TextIO
 
-from tlsproxy.config import DEFAULT_PORT, ConfigError, parse_backend
-from tlsproxy.doctor import backend as backend_checks
+from tlsproxy.config import (
+    DEFAULT_PORT,
+    ConfigError,
+    backend_tls,  # rule 1: config's own flag rules
+    parse_backend,
+)
 from tlsproxy.doctor import certificate as certificate_checks
 from tlsproxy.doctor import truststores
+from tlsproxy.doctor.backendchecks import backend_checks
 from tlsproxy.doctor.finding import (
     Finding,
+    Report,
     exit_status,
     finding_lines,
+    guarded,
     ok,
-    problem,
     skipped,
     summary,
+    unexpected,
 )
 from tlsproxy.tls.certstore import CertificateError
 from tlsproxy.tls.command import ArgumentParser, UsageExit
 from tlsproxy.tls.devca import DEFAULT_NAMES, wanted_names
-
-if TYPE_CHECKING:
-    from tlsproxy.backend import BackendAddress
-
-_T = TypeVar("_T")
 
 PROG = "tlsproxy doctor"
 DEFAULT_CERTS_DIR = Path("certs")
@@ -53,7 +56,8 @@ def _parser(*, out: TextIO, err: TextIO) -> ArgumentParser:
         description=(
             "Check what stands between a browser and your app: the certificate's names, "
             "dates and chain, whether this machine trusts its CA, whether the backend "
-            "answers on IPv4 and IPv6, and whether it loops when told the request came "
+            "answers on IPv4 and IPv6 (or on its unix socket), whether its certificate "
+            "verifies (https://), and whether it loops when told the request came "
             "over HTTPS. Takes the flags of `twistd tlsproxy`. Exit status: 0 when nothing "
             "is a problem (warnings allowed), 1 otherwise."
         ),
@@ -61,7 +65,26 @@ def _parser(*, out: TextIO, err: TextIO) -> ArgumentParser:
         err=err,
     )
     parser.add_argument(
-        "--backend", required=True, metavar="URL", help="the plain-HTTP app, as for twistd"
+        "--backend",
+        required=True,
+        metavar="URL",
+        help="your app: http://host:port[/prefix], https://host[:port][/prefix] or "
+        "unix:/path/to.sock, as for twistd",
+    )
+    parser.add_argument(
+        "--backend-ca",
+        metavar="PEM",
+        help="CA certificate(s) that verify an https:// backend (default: the system store)",
+    )
+    parser.add_argument(
+        "--backend-server-name",
+        metavar="NAME",
+        help="name to send (SNI) and verify for an https:// backend (default: its URL's host)",
+    )
+    parser.add_argument(
+        "--insecure-backend",
+        action="store_true",
+        help="do not verify an https:// backend's certificate (testing only)",
     )
     parser.add_argument(
         "--port",
@@ -116,7 +139,7 @@ def run(
         if args.key is not None and args.cert is None:
             parser.error("--key needs --cert too (or give neither for the development certificate)")
         try:
-            backend = parse_backend(args.backend)
+            backend = backend_tls(parse_backend(args.backend), vars(args))
             port = _port(args.port)
             names = wanted_names(args.hostname)
         except (ConfigError, CertificateError) as exc:
@@ -131,22 +154,20 @@ def run(
             out.write(f"{line}\n")
         out.flush()
 
+    moment = now or datetime.now(UTC)
     _certificate_checks(
         args,
         names=names,
-        now=now or datetime.now(UTC),
+        now=moment,
         environ=os.environ if environ is None else environ,
         report=report,
     )
     try:
-        _backend_checks(backend, port, report=report)
+        backend_checks(backend, port, now=moment, report=report)
     except Exception as exc:  # rule 2
-        report(_unexpected("backend", exc))
+        report(unexpected("backend", exc))
     out.write(f"{summary(findings)}\n")
     return exit_status(findings)
-
-
-Report = Callable[[Finding], None]
 
 
 def _certificate_checks(
@@ -157,7 +178,7 @@ def _certificate_checks(
     environ: Mapping[str, str],
     report: Report,
 ) -> None:
-    served = _guarded(
+    served = guarded(
         certificate_checks.LOAD,
         lambda: certificate_checks.load_served(
             cert=args.cert,
@@ -176,7 +197,7 @@ def _certificate_checks(
     key = "" if loaded.key_path == loaded.cert_path else f" with its key {loaded.key_path}"
     report(ok(certificate_checks.LOAD, f"tlsproxy can serve {loaded.cert_path}{key}"))
     required, optional = _names_to_check(names, own=args.cert is not None)
-    system = _guarded(truststores.SYSTEM, truststores.SystemStore.default)
+    system = guarded(truststores.SYSTEM, truststores.SystemStore.default)
     store = system if isinstance(system, truststores.SystemStore) else None
     checks: list[tuple[str, Callable[[], Finding]]] = [
         (
@@ -204,7 +225,7 @@ def _certificate_checks(
         (truststores.PYTHON, lambda: truststores.python_finding(served, environ)),
     ]
     for check, work in checks:
-        report(_guarded(check, work))
+        report(guarded(check, work))
 
 
 _NEED_CERTIFICATE = (
@@ -240,71 +261,3 @@ def _nss(served: certificate_checks.ServedCertificate) -> Finding:
             truststores.NSS, f"cannot read {db}: {exc}", f"run `certutil -L -d sql:{db}` to see why"
         )
     return truststores.nss_finding(served, db=db, entries=entries)
-
-
-def _backend_checks(backend: BackendAddress, port: int, *, report: Report) -> None:
-    unprobed = backend_checks.unprobed_findings(backend)
-    if unprobed:
-        for finding in unprobed:
-            report(finding)
-        return
-    try:
-        plan = backend_checks.plan_addresses(backend, backend_checks.resolve)
-    except OSError as exc:
-        report(
-            problem(
-                backend_checks.ADDRESS,
-                f"cannot resolve {backend.host} ({exc.strerror or exc})",
-                f"check the host in --backend {backend.url}, or give an IP address",
-            )
-        )
-        report(skipped(backend_checks.FORWARDED, "the backend has no address", "fix it first"))
-        return
-    probes = {a: backend_checks.probe(a, backend.port) for a in (*plan.used, *plan.extra)}
-    for finding in backend_checks.reachability_findings(backend, plan, probes):
-        report(finding)
-    address = backend_checks.first_answering(plan, probes)
-    if address is None:
-        report(
-            skipped(
-                backend_checks.FORWARDED,
-                "the backend is not reachable",
-                "make it reachable first (above)",
-            )
-        )
-        return
-    report(_guarded(backend_checks.FORWARDED, lambda: _forwarded(backend, address, port)))
-
-
-def _forwarded(backend: BackendAddress, address: str, port: int) -> Finding:
-    request = backend_checks.forwarded_request(backend, port)
-    where = backend_checks.host_port(address, backend.port)
-    try:
-        data = backend_checks.fetch_head(address, backend.port, request)
-        response = backend_checks.parse_response_head(data)
-    except (OSError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return problem(
-            backend_checks.FORWARDED,
-            f"{where} accepted the connection but gave no HTTP answer to GET /: {reason}",
-            "check that --backend points at your app's plain-HTTP port (not an https:// one) "
-            "and that the app is not stuck",
-        )
-    return backend_checks.forwarded_finding(response, backend=backend, port=port)
-
-
-def _guarded(check: str, work: Callable[[], _T]) -> _T | Finding:
-    """``work()``, or a problem line for ``check`` if it raises anything (rule 2)."""
-    try:
-        return work()
-    except Exception as exc:  # rule 2: one check's failure must not hide the others
-        return _unexpected(check, exc)
-
-
-def _unexpected(check: str, exc: Exception) -> Finding:
-    return problem(
-        check,
-        f"the check failed unexpectedly ({type(exc).__name__}: {exc})",
-        "this is a bug in tlsproxy doctor: please report it with this line; the other checks "
-        "still ran",
-    )

@@ -11,8 +11,11 @@ Rules:
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 
 class Status(enum.Enum):
@@ -52,6 +55,30 @@ def warning(check: str, detail: str, fix: str) -> Finding:
 
 def problem(check: str, detail: str, fix: str) -> Finding:
     return Finding(Status.PROBLEM, check, detail, fix)
+
+
+Report = Callable[[Finding], None]  # prints a finding as soon as it is known
+
+
+def guarded(check: str, work: Callable[[], _T]) -> _T | Finding:
+    """``work()``, or a problem line for ``check`` if it raises anything.
+
+    One check's failure must not hide the others, and doctor prints a report, never a traceback.
+    """
+    try:
+        return work()
+    except Exception as exc:  # see the docstring: anything at all becomes this check's line
+        return unexpected(check, exc)
+
+
+def unexpected(check: str, exc: Exception) -> Finding:
+    """The problem line for a check that failed in a way doctor did not foresee: a bug."""
+    return problem(
+        check,
+        f"the check failed unexpectedly ({type(exc).__name__}: {exc})",
+        "this is a bug in tlsproxy doctor: please report it with this line; the other checks "
+        "still ran",
+    )
 
 
 _WIDTH = max(len(status.value) for status in Status) + 1
