@@ -32,6 +32,25 @@ def children(pid: int) -> list[int]:
     return kids
 
 
+def established(port: int, pids: list[int]) -> list[int]:
+    """How many TCP connections on local ``port`` each of ``pids`` holds (from /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()  # local address, state 01 = established, inode
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    counts = []
+    for pid in pids:
+        held = 0
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    held += os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] in inodes
+        counts.append(held)
+    return counts
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size of ``pid`` in KiB (VmRSS)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -68,12 +87,14 @@ class Service:
     cwd: Path
     worker_is_child: bool  # nginx: the worker (child of the master) serves and is measured
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    cpus: str | None = None  # overrides ``cpu`` at start, e.g. "0,1" (the --workers scenario)
+    children_serve: bool = False  # tlsproxy --workers: the children serve; CPU is summed
 
     def start(self, *, taskset: str, cpu: int) -> None:
         """Start pinned to ``cpu`` (taskset execs, so the pid is the server's own)."""
         with open(self.log, "ab") as log:
             self.popen = subprocess.Popen(
-                [taskset, "-c", str(cpu), *self.argv],
+                [taskset, "-c", self.cpus or str(cpu), *self.argv],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.cwd, start_new_session=True,
             )  # fmt: skip
@@ -95,6 +116,12 @@ class Service:
             raise RuntimeError(f"{self.name}: expected one worker, found {kids}")
         return kids[0]
 
+    def cpu_seconds(self) -> float:
+        """CPU used so far by the process(es) doing the work (every worker, with --workers)."""
+        if not self.children_serve:
+            return cpu_seconds(self.measured_pid())
+        return sum(cpu_seconds(pid) for pid in [self.pid, *children(self.pid)])
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             text = self.log.read_text(errors="replace")
@@ -115,7 +142,7 @@ class Service:
                 contextlib.suppress(OSError),
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
             ):
-                if not self.worker_is_child or children(self.pid):
+                if not (self.worker_is_child or self.children_serve) or children(self.pid):
                     return
             time.sleep(0.1)
         raise RuntimeError(

@@ -10,6 +10,8 @@ Usage (as root, from the repository root, with the project's venv):
 Both proxies run pinned to CPU 1; this process, its clients (wrk, curl, Python) and the
 backends (nginx; the websocket echo server of the ws scenarios) are pinned to CPU 0. Each
 scenario alternates nginx, candidate, nginx, ... for --rounds rounds and keeps the median.
+The workers scenario compares tlsproxy --workers 1 with --workers 2 instead, both allowed on
+CPUs 0 and 1 (sharing CPU 0 with the clients and backend).
 See docs/benchmarks.md.
 """
 
@@ -153,6 +155,11 @@ class Bench:
             )  # fmt: skip
             self.backends.append(ws_backend)
             self.pairs["ws"] = self._pair("-ws", ws_backend)
+        if any(SCENARIOS[name].backend == "workers" for name in args.scenario):
+            self.pairs["workers"] = (self._tlsproxy("-w1", self.backend, name="1 worker",
+                                                    workers=1),
+                                     self._tlsproxy("-w2", self.backend, name="2 workers",
+                                                    workers=2))  # fmt: skip
         self.reference, self.candidate = self.pairs["http"]
 
     def _pair(self, suffix: str, backend: Service) -> tuple[Service, Service]:
@@ -163,17 +170,25 @@ class Bench:
                 f"candidate{suffix}", self._proxy_conf(f"candidate{suffix}", backend),
                 label="candidate",
             )  # fmt: skip
+        return reference, self._tlsproxy(suffix, backend)
+
+    def _tlsproxy(
+        self, suffix: str, backend: Service, *, name: str = "tlsproxy", workers: int = 0
+    ) -> Service:
+        """tlsproxy in front of ``backend``; with ``workers``, ``--workers N`` on CPUs 0 and 1."""
         port, fx = free_port(), self.fx
-        return reference, Service(
-            name="tlsproxy",
+        extra = ["--workers", str(workers)] if workers else []
+        return Service(
+            name=name,
             argv=[
                 self.args.python, "-c", TLSPROXY_BOOT, "-n", "--pidfile=", "tlsproxy",
                 "--backend", f"http://127.0.0.1:{backend.port}",
                 "--listen", f"tcp:{port}:interface=127.0.0.1",
-                "--cert", str(fx.cert), "--key", str(fx.key),
+                "--cert", str(fx.cert), "--key", str(fx.key), *extra,
             ],
             port=port, log=fx.root / f"tlsproxy{suffix}.log", cwd=fx.root,
-            worker_is_child=False,
+            worker_is_child=False, cpus=f"{LOAD_CPU},{PROXY_CPU}" if workers else None,
+            children_serve=workers > 1,
         )  # fmt: skip
 
     def _proxy_conf(self, name: str, backend: Service) -> Any:
@@ -286,6 +301,8 @@ def run_scenario(bench: Bench, scenario: Scenario, settings: Settings, rounds: i
                 load = f" (cpu {LOAD_CPU} {busy:.0%}" + (
                     f", backend {backend:.0%})" if backend is not None else ")"
                 )
+            if (split := sample.detail.get("connections_per_worker")) and len(split) > 1:
+                load += f" connections per worker {split}"
             print(f"  {scenario.name:<13} round {r + 1}/{rounds} {proxy.name:<9}"
                   f" {sample.value:>10.1f} {scenario.unit}{cpu}{err}{load}",
                   flush=True)  # fmt: skip
@@ -350,6 +367,9 @@ def notes(rows: list[Row], candidate: str) -> list[str]:
     """What a reader should not miss in the table, found from the figures themselves."""
     found: list[str] = []
     for row in rows:
+        if row.scenario == "workers":
+            found.append(_workers_note(row))
+            continue
         if row.per_cpu_ratio is not None and row.nginx_cpu is not None and row.nginx_cpu < 0.85:
             found.append(
                 f"{row.scenario}: nginx used {row.nginx_cpu:.0%} of its core, so the clients"
@@ -373,6 +393,18 @@ def notes(rows: list[Row], candidate: str) -> list[str]:
                 f" after one request; {detail['answered']}/{detail['connections']} answered."
             )
     return found
+
+
+def _workers_note(row: Row) -> str:
+    """The workers row compares tlsproxy with itself: say so, and where each process ran."""
+    ratio = f"{row.ratio:.2f}" if row.ratio is not None else "-"
+    return (
+        f"workers: here the 'nginx' column is tlsproxy --workers 1 ({row.nginx:.0f} req/s, "
+        f"cpu {_pct(row.nginx_cpu)}) and the other --workers 2 ({row.candidate:.0f} req/s, cpu "
+        f"{_pct(row.candidate_cpu)}, all workers): {ratio}x. Both may run on CPUs {LOAD_CPU} "
+        f"and {PROXY_CPU}; wrk and the backend stay on CPU {LOAD_CPU}, so a second worker "
+        "competes with them for that core."
+    )
 
 
 def _cost(row: Row, candidate: str) -> str:
@@ -408,7 +440,8 @@ def environment(args: argparse.Namespace, tools: Tools) -> dict[str, Any]:
         "tlsproxy_openssl": version_of([args.python, "-c", (
             "from cryptography.hazmat.backends.openssl import backend;"
             "print(backend.openssl_version_text())")]),
-        "pinning": {"proxies": PROXY_CPU, "clients_and_backend": LOAD_CPU},
+        "pinning": {"proxies": PROXY_CPU, "clients_and_backend": LOAD_CPU,
+                    "workers_scenario_proxies": f"{LOAD_CPU},{PROXY_CPU}"},
         "wsecho_unmask": "websockets C apply_mask" if wsecho.apply_mask is not
         wsecho._xor_mask else "Python int XOR",
     }  # fmt: skip
@@ -438,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<9} TLS: {params}")
         for proxy in bench.pairs.get("ws", ()):
             check_ws(proxy)
+        for proxy in bench.pairs.get("workers", ()):
+            check_proxy(proxy)
         print(f"temp dir {root}; proxies on CPU {PROXY_CPU}, clients+backend on CPU {LOAD_CPU}")
         for name in args.scenario:
             scenario = SCENARIOS[name]

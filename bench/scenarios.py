@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from typing import Any
 
 from bench import loads
 from bench.fixtures import MIB
-from bench.process import Service, cpu_busy_seconds, cpu_seconds, rss_kib
+from bench.process import Service, children, cpu_busy_seconds, cpu_seconds, established, rss_kib
 from bench.tools import Tools
 
 
@@ -72,10 +73,9 @@ def _url(proxy: Service, path: str) -> str:
 def _with_cpu(
     proxy: Service, run: Callable[[], loads.LoadResult]
 ) -> tuple[loads.LoadResult, float]:
-    pid = proxy.measured_pid()
-    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    cpu0, t0 = proxy.cpu_seconds(), time.monotonic()
     result = run()
-    return result, (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+    return result, (proxy.cpu_seconds() - cpu0) / (time.monotonic() - t0)
 
 
 def _warm(settings: Settings, proxy: Service, path: str, post_bytes: int = 0) -> None:
@@ -94,6 +94,25 @@ def keepalive(settings: Settings, proxy: Service) -> Sample:
         script_dir=settings.work_dir,
     ))  # fmt: skip
     return Sample(result.requests_per_s, cpu, result.errors, {"wrk": vars(result)})
+
+
+def workers_keepalive(settings: Settings, proxy: Service) -> Sample:
+    """The keepalive load, also recording CPU 0's busy share and, halfway through, how the
+    connections are split over the worker processes."""
+    split: list[int] = []
+    pids = children(proxy.pid) if proxy.children_serve else [proxy.pid]
+    halfway = threading.Timer(
+        1.0 + settings.duration / 2, lambda: split.extend(established(proxy.port, pids))
+    )
+    busy0, t0 = cpu_busy_seconds(settings.load_cpu), time.monotonic()
+    halfway.start()
+    try:
+        sample = keepalive(settings, proxy)
+    finally:
+        halfway.cancel()
+    busy = (cpu_busy_seconds(settings.load_cpu) - busy0) / (time.monotonic() - t0)
+    sample.detail.update(load_cpu_busy=round(busy, 3), connections_per_worker=split)
+    return sample
 
 
 def h2_keepalive(settings: Settings, proxy: Service) -> Sample:
@@ -272,5 +291,8 @@ SCENARIOS: dict[str, Scenario] = {
                  backend="ws"),
         Scenario("ws-echo-small", "websocket echo 64 B msgs", "msg/s", ws_echo_small, 0.0,
                  "figure", backend="ws"),
+        # tlsproxy --workers 2 against --workers 1 (not nginx): both may run on CPUs 0 and 1.
+        Scenario("workers", "keep-alive GET, 2 workers/1", "req/s", workers_keepalive, 0.0,
+                 "figure", backend="workers"),
     )
 }  # fmt: skip

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, TextIO
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -17,7 +17,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from tlsproxy.accesslog import AccessLog, JsonAccessLog
+from tlsproxy.accesslog import AccessLog, JsonAccessLog, LineFile
 from tlsproxy.backend import BackendAddress, BackendPool
 from tlsproxy.config import Config
 from tlsproxy.deadline import DeadlineSweeper
@@ -78,11 +78,10 @@ class ProxyService(Service):
         self.config = config
         self._reactor = reactor
         self.router = _router(config, reactor)
-        self._log_stream: TextIO | None = None
-        if config.access_log == "-":
-            self._log_stream = sys.stdout
-        elif config.access_log is not None:
-            self._log_stream = open(config.access_log, "a", encoding="utf-8")  # noqa: SIM115
+        # Whole lines per write: with --workers, processes append to the same file or stdout.
+        self._log_stream: LineFile | None = None
+        if config.access_log is not None:
+            self._log_stream = LineFile.open(config.access_log)  # "-": standard output
         log_class = JsonAccessLog if config.access_log_format == "json" else AccessLog
         self.access_log = log_class(self._log_stream) if self._log_stream else None
         # Request durations use the reactor's clock: one time.time() call at a request's head and
@@ -326,8 +325,8 @@ class ProxyService(Service):
         if self._flush_log.running:
             self._flush_log.stop()
         self._flush_access_log()
-        if self._log_stream is not None and self._log_stream is not sys.stdout:
-            self._log_stream.close()
+        if self._log_stream is not None:
+            self._log_stream.close()  # stdout stays open
         exit_cleanly(self._reactor)
 
     def _flush_access_log(self) -> None:

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from zope.interface import implementer
 
 from tests.unit.harness import Proxy, request, response
-from tlsproxy.accesslog import AccessLog, JsonAccessLog
+from tlsproxy.accesslog import BUFFER_LIMIT, WHOLE_WRITE, AccessLog, JsonAccessLog, LineFile
 from tlsproxy.http.headers import Header
 
 JUNE_1_NOON = 1_780_315_200.0  # 2026-06-01 12:00:00 UTC
@@ -179,3 +185,115 @@ def test_json_lines_from_real_exchanges_carry_their_duration() -> None:
     assert entries[0]["host"] == "example.com"
     assert entries[0]["user_agent"] == "t"
     assert entries[0]["duration_ms"] == 250.0
+
+
+# -- LineFile: whole lines per write, for processes sharing one log (--workers) ------------------
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Each write(2) a LineFile makes, as the bytes it wrote (the fd is not touched)."""
+    made: list[bytes] = []
+
+    def write(fd: int, data: bytes) -> int:
+        made.append(bytes(data))
+        return len(data)
+
+    monkeypatch.setattr("os.write", write)
+    return made
+
+
+def test_line_file_writes_only_whole_lines_in_pieces_a_pipe_keeps_whole(
+    writes: list[bytes],
+) -> None:
+    """Nothing is written before flush; then complete lines go out in writes of at most
+    PIPE_BUF bytes, each ending a line; an unfinished line waits for the rest of it."""
+    out = LineFile(99, owned=False)
+    lines = [f"{i:04d} {'x' * (i % 300)}\n" for i in range(200)]
+    for line in lines:
+        out.write(line)
+    out.write("unfinished")
+    assert writes == []
+    out.flush()
+    assert len(writes) > 1
+    assert all(len(w) <= WHOLE_WRITE and w.endswith(b"\n") for w in writes)
+    assert b"".join(writes) == "".join(lines).encode()
+    writes.clear()
+    out.write(" now\n")
+    out.flush()
+    assert writes == [b"unfinished now\n"]
+
+
+def test_a_line_longer_than_a_whole_write_goes_alone_and_whole(writes: list[bytes]) -> None:
+    """A huge line (a long target) is one write of its own, never cut."""
+    out = LineFile(99, owned=False)
+    huge = "GET /" + "a" * (3 * WHOLE_WRITE) + "\n"
+    out.write("short\n")
+    out.write(huge)
+    out.write("é after\n")
+    out.flush()
+    assert writes == [b"short\n", huge.encode(), "é after\n".encode()]
+
+
+def test_a_full_buffer_is_written_before_the_next_flush(writes: list[bytes]) -> None:
+    """The buffer is bounded: past BUFFER_LIMIT, write() writes what it holds."""
+    out = LineFile(99, owned=False)
+    line = "y" * 99 + "\n"
+    for _ in range(BUFFER_LIMIT // len(line) + 1):
+        out.write(line)
+    assert writes
+    assert all(w.endswith(b"\n") for w in writes)
+
+
+def test_a_failing_log_file_says_so_once_and_again_when_it_recovers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full disk (or a closed pipe) loses lines with one error line, not one per flush."""
+    failing = [True]
+
+    def write(fd: int, data: bytes) -> int:
+        if failing[0]:
+            raise OSError(28, "No space left on device")
+        return len(data)
+
+    monkeypatch.setattr("os.write", write)
+    out = LineFile(99, owned=False)
+    with LogLines() as lines:
+        for _ in range(3):
+            out.write("a\n")
+            out.flush()
+        failing[0] = False
+        out.write("b\n")
+        out.flush()
+    assert lines == [
+        "cannot write the access log (No space left on device): lines are lost",
+        "the access log is written again",
+    ]
+
+
+def test_line_file_appends_to_the_file_and_leaves_stdout_open(tmp_path: Path) -> None:
+    """open(path) appends (never truncates); '-' is standard output, which close() keeps."""
+    path = tmp_path / "access.log"
+    path.write_text("earlier\n")
+    out = LineFile.open(str(path))
+    out.write("later\n")
+    out.close()
+    assert path.read_text() == "earlier\nlater\n"
+    stdout = LineFile.open("-")
+    stdout.close()
+    os.fstat(1)  # still open
+
+
+@implementer(ILogObserver)
+class LogLines(list[str]):
+    """The text of each log event, while in a with block."""
+
+    def __call__(self, event: LogEvent) -> None:
+        self.append(formatEvent(event))
+
+    def __enter__(self) -> LogLines:
+        globalLogPublisher.addObserver(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        globalLogPublisher.removeObserver(self)

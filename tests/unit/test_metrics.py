@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,14 +17,18 @@ from tests.certfactory import make_ca, make_leaf, write_pair
 from tests.unit.harness import Proxy, request, response
 from tlsproxy.listen import FrontFactory
 from tlsproxy.metrics import (
+    BACKEND_ERRORS,
     CONTENT_TYPE,
     DURATION_BUCKETS,
     HANDSHAKE_REASONS,
+    HTTP_REQUEST,
     Metrics,
     MetricsFactory,
     answer,
     handshake_reason,
     render,
+    snapshot,
+    total,
 )
 from tlsproxy.tls.certstore import load_certificate
 from tlsproxy.tls.memorytls import MemoryTLSFactory
@@ -243,3 +248,37 @@ def test_endpoint_protocol_answers_then_closes_and_times_out_silence() -> None:
     silent.makeConnection(silent_transport)  # type: ignore[no-untyped-call]
     clock.advance(10)
     assert silent_transport.disconnecting
+
+
+# -- several processes (--workers) ----------------------------------------------------------------
+
+
+def test_snapshots_of_workers_add_up_sample_by_sample() -> None:
+    """Counters, gauges, labelled counters and histogram buckets of several processes sum; a
+    snapshot survives JSON; unknown names are ignored and missing ones count 0."""
+    first, second = Metrics(), Metrics()
+    first.connections_open, second.connections_open = 2, 3
+    first.connections_accepted = 10
+    first.responses[2], second.responses[2], second.responses[5] = 7, 1, 4
+    first.duration_counts[0], second.duration_counts[-1] = 3, 1
+    first.duration_sum, second.duration_sum = 0.25, 61.5
+    second.handshake_failures[HTTP_REQUEST] = 1
+    old = {**snapshot(second), "from_the_future": 9}
+    del old["backend_errors"]
+    summed = total([json.loads(json.dumps(snapshot(first))), old])
+    assert summed.connections_open == 5
+    assert summed.connections_accepted == 10
+    assert (summed.responses[2], summed.responses[5]) == (8, 4)
+    assert (summed.duration_counts[0], summed.duration_counts[-1]) == (3, 1)
+    assert summed.duration_sum == 61.75
+    assert summed.handshake_failures[HTTP_REQUEST] == 1
+    assert summed.backend_errors == [0] * len(BACKEND_ERRORS)
+    assert not hasattr(summed, "from_the_future")
+
+
+def test_what_an_exited_worker_leaves_is_its_counts_not_its_gauges() -> None:
+    """gauges=False: connections a gone process had open are not open any more."""
+    gone = Metrics()
+    gone.connections_open, gone.connections_accepted = 4, 9
+    left = total([snapshot(gone)], gauges=False)
+    assert (left.connections_open, left.connections_accepted) == (0, 9)

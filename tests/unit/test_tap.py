@@ -170,3 +170,20 @@ def test_good_command_line_becomes_a_service_that_has_not_listened_yet(
     assert IService.providedBy(service)
     assert reactor.tcpServers == []
     assert (tmp_path / "c").is_dir()
+
+
+def test_workers_make_a_supervisor_that_passes_the_command_line_on(
+    reactor: MemoryReactorClock, tmp_path: Path
+) -> None:
+    """--workers 2: the service is a supervisor whose workers get the same arguments; the
+    default (1) stays the single proxy process of before."""
+    from tlsproxy.service import ProxyService
+    from tlsproxy.workers import Supervisor
+
+    argv = ["--backend", "http://127.0.0.1:8000", "--certs-dir", str(tmp_path / "c")]
+    single = tap.makeService(parse(*argv))
+    assert isinstance(single, ProxyService)
+    supervisor = tap.makeService(parse(*argv, "--workers=2"))
+    assert isinstance(supervisor, Supervisor)
+    assert supervisor.pool.count == 2
+    assert supervisor.arguments == [*argv, "--workers=2"]
