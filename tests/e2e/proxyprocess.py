@@ -122,7 +122,7 @@ class ProxyProcess:
             f"'listening on https://' lines within {timeout}s:\n" + self.output()
         )
 
-    def wait_for_output(self, pattern: str, timeout: float = 5.0) -> re.Match[str] | None:
+    def wait_for_output(self, pattern: str, timeout: float = 15.0) -> re.Match[str] | None:
         """Wait until the output matches ``pattern`` (a regex); the match or None."""
         deadline = time.monotonic() + timeout
         while True:
