@@ -142,6 +142,8 @@ class HasExpiry(TypingProtocol):
     def names(self) -> tuple[str, ...]: ...
     @property
     def not_after(self) -> datetime: ...
+    @property
+    def fingerprint_sha256(self) -> str: ...
 
 
 def _escape(value: str) -> str:
@@ -223,8 +225,14 @@ def render(metrics: Metrics, now: float, certificates: Sequence[HasExpiry]) -> s
     lines.append(f"# HELP {name} Time from a complete request head to the response's end.")
     lines.append(f"# TYPE {name} histogram")
     lines.extend(f"{name}{suffix} {_number(value)}" for suffix, value in buckets)
+    # The fingerprint tells apart two certificates with the same names (SNI: old and new).
     expiries = [
-        (f'{{names="{_escape(",".join(c.names))}"}}', c.not_after.timestamp()) for c in certificates
+        (
+            f'{{names="{_escape(",".join(c.names))}",'
+            f'sha256="{c.fingerprint_sha256.replace(":", "").lower()}"}}',
+            c.not_after.timestamp(),
+        )
+        for c in certificates
     ]
     family(
         "tlsproxy_certificate_expiry_timestamp_seconds",

@@ -41,6 +41,7 @@ PEER = IPv4Address("TCP", "192.0.2.7", 51000)
 class Cert:
     names: tuple[str, ...]
     not_after: datetime
+    fingerprint_sha256: str = "AB:CD"
 
 
 def samples(text: str) -> dict[str, float]:
@@ -111,7 +112,7 @@ def test_certificate_expiry_is_rendered_with_its_names() -> None:
     expiry = datetime(2027, 1, 1, tzinfo=UTC)
     cert = Cert(names=("example.com", 'we"ird'), not_after=expiry)
     values = samples(render(Metrics(), expiry.timestamp() - 3600, [cert]))
-    labels = '{names="example.com,we\\"ird"}'
+    labels = '{names="example.com,we\\"ird",sha256="abcd"}'
     assert values[f"tlsproxy_certificate_expiry_timestamp_seconds{labels}"] == expiry.timestamp()
     assert values[f"tlsproxy_certificate_expires_in_seconds{labels}"] == 3600
 

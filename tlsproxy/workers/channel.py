@@ -130,6 +130,7 @@ class Expiry:
 
     names: tuple[str, ...]
     not_after: datetime
+    fingerprint_sha256: str
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,8 @@ def encode(message: Message) -> bytes:
             "event": "measured",
             "counters": dict(message.counters),
             "certificates": [
-                [list(c.names), c.not_after.timestamp()] for c in message.certificates
+                [list(c.names), c.not_after.timestamp(), c.fingerprint_sha256]
+                for c in message.certificates
             ],
         }
     return json.dumps(body, separators=(",", ":")).encode() + b"\n"
@@ -195,8 +197,12 @@ def decode(line: bytes) -> Message | Unreadable:
             return Measured(
                 counters=counters,
                 certificates=tuple(
-                    Expiry(tuple(str(n) for n in names), datetime.fromtimestamp(when, UTC))
-                    for names, when in body["certificates"]
+                    Expiry(
+                        tuple(str(n) for n in names),
+                        datetime.fromtimestamp(when, UTC),
+                        str(fingerprint),
+                    )
+                    for names, when, fingerprint in body["certificates"]
                 ),
             )
     except (KeyError, TypeError, ValueError, OverflowError):

@@ -135,7 +135,8 @@ class WorkerService(ProxyService):
     def report(self) -> None:
         """Send the counters and the certificates new handshakes get."""
         certificates = tuple(
-            Expiry(tuple(c.names), c.not_after) for c in self.certificates.certificates
+            Expiry(tuple(c.names), c.not_after, c.fingerprint_sha256)
+            for c in self.certificates.certificates
         )
         self._messages.send(Measured(snapshot(self.metrics), certificates))
 

@@ -73,7 +73,7 @@ EXPIRES = datetime(2027, 1, 2, 3, 4, 5, tzinfo=UTC)
         Logged(level="warn", namespace="tlsproxy.service", text="two\nlines {and braces}"),
         Measured(
             counters={"connections_open": 3, "responses": [0, 0, 5], "duration_sum": 0.25},
-            certificates=(Expiry(("localhost", "127.0.0.1"), EXPIRES),),
+            certificates=(Expiry(("localhost", "127.0.0.1"), EXPIRES, "AB:CD"),),
         ),
     ],
 )

@@ -152,7 +152,7 @@ def test_metrics_sum_every_worker_and_keep_what_exited_workers_counted(
     its counts (not its open connections) in the sum, so no counter goes down."""
     running.all_started()
     first, second = running.spawner.worker(100), running.spawner.worker(101)
-    certificates = (Expiry(("localhost",), EXPIRY),)
+    certificates = (Expiry(("localhost",), EXPIRY, "AB:CD"),)
     counters = {"connections_open": 2, "connections_accepted": 10, "responses": [0, 0, 7]}
     say(first, Measured(counters, certificates))
     say(second, Measured({**counters, "connections_accepted": 5}, certificates))
@@ -160,7 +160,7 @@ def test_metrics_sum_every_worker_and_keep_what_exited_workers_counted(
     assert "tlsproxy_connections_open 4\n" in page
     assert "tlsproxy_connections_accepted_total 15\n" in page
     assert 'tlsproxy_requests_total{status_class="2xx"} 14\n' in page
-    assert f'{{names="localhost"}} {EXPIRY.timestamp()}' in page
+    assert f'{{names="localhost",sha256="abcd"}} {EXPIRY.timestamp()}' in page
     assert running.supervisor.status() == ("serving nothing; 2 of 2 workers, 4 connections")
     end(first, signal=9)
     page = running.supervisor.render_metrics()
