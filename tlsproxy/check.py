@@ -37,6 +37,8 @@ def run(argv: list[str], *, out: TextIO, err: TextIO, now: datetime | None = Non
         return 2
     print("configuration OK", file=out)
     print(f"  backend: {config.backend.url}", file=out)
+    if config.workers > 1:
+        print(f"  workers: {config.workers} processes", file=out)
     for route in config.routes:
         print(f"  route: {route.host} → {route.backend.url}", file=out)
     for listener in config.listeners:

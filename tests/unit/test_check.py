@@ -62,6 +62,9 @@ def test_routes_are_listed_and_checked(tmp_path: Path) -> None:
     )
     assert code == 0
     assert "route: app.test → unix:/run/app.sock" in out
+    assert "workers" not in out
+    _, out, _ = _run("--backend", "http://127.0.0.1:8000", "--workers", "3", *certs)
+    assert "workers: 3 processes" in out
     code, _, err = _run(
         "--backend", "http://127.0.0.1:8000", "--route", "app.test=http://x:0", *certs
     )
