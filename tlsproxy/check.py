@@ -12,7 +12,8 @@ from typing import TextIO
 
 from twisted.python import usage
 
-from tlsproxy.config import ConfigError, build_config
+from tlsproxy.config import build_config
+from tlsproxy.configerror import ConfigError
 from tlsproxy.tap import Options
 
 

@@ -7,42 +7,28 @@ before anything listens.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from tlsproxy import listenoptions as listen_options
 from tlsproxy.backend import BackendAddress
+from tlsproxy.backendoptions import backend_tls, parse_backend, parse_tcp_backend, read_ca_file
+from tlsproxy.configerror import ConfigError
 from tlsproxy.http.headers import IPNetwork
-from tlsproxy.names import normalise
+from tlsproxy.listenoptions import Listener
+from tlsproxy.names import HOSTNAME, normalise
 from tlsproxy.tls.certset import CertificateSet
 from tlsproxy.tls.certsource import CertificatePair, CertificateSource
-from tlsproxy.tls.client import BackendTLS
 from tlsproxy.tls.devca import DevCertificates
 from tlsproxy.tls.pemfile import CertificateError
-
-DEFAULT_PORT = 8443
-DEFAULT_INTERFACES = ("127.0.0.1", "::1")
-_LISTEN_KINDS = ("tcp", "tcp6", "unix", "systemd")
-_HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?\.)*[a-z0-9_]"
-    r"([a-z0-9-]{0,61}[a-z0-9])?\.?$",
-    re.IGNORECASE,
-)
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the flag and the fix, in one line."""
 
 
 @dataclass(frozen=True)
@@ -53,15 +39,6 @@ class Limits:
     connect_timeout: float = 5.0
     max_header_bytes: int = 64 * 1024
     max_connections: int = 10_000
-
-
-@dataclass(frozen=True)
-class Listener:
-    """A Twisted plain endpoint description; tlsproxy adds TLS around it."""
-
-    description: str
-    optional: bool = False  # the default ::1 listener: a host without IPv6 only gets a warning
-    fd: int | None = None  # a --workers worker: the supervisor's socket, adopted, never opened
 
 
 @dataclass(frozen=True)
@@ -92,91 +69,6 @@ class Config:
     client_auth: str = "required"  # --client-auth: "required" or "optional" (with --client-ca)
     workers: int = 1  # --workers: processes sharing the listeners (docs/workers.md)
     routes: tuple[Route, ...] = ()  # --route HOST=BACKEND, in the order given
-
-
-def parse_backend(url: str) -> BackendAddress:
-    """``http://host:port[/prefix]``, ``https://…`` or ``unix:/path`` → :class:`BackendAddress`.
-
-    An https backend is verified against the system store for its own host name here; the
-    flags that change that are applied by :func:`backend_tls`.
-    """
-    example = "e.g. --backend http://127.0.0.1:8000"
-    if url[:5].lower() == "unix:":
-        return _parse_unix_backend(url)
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise ConfigError(f"--backend {url!r} is not a valid URL ({e}); {example}") from None
-    if parts.scheme == "tcp":
-        raise ConfigError(
-            f"--backend {url!r}: a tcp:// backend receives raw bytes; add --mode tcp "
-            "(or give the app's http:// URL)"
-        )
-    if parts.scheme not in ("http", "https"):
-        raise ConfigError(
-            f"--backend {url!r}: the backend must be an http://, https:// or unix:/path URL; "
-            f"{example}"
-        )
-    if not parts.hostname:
-        raise ConfigError(f"--backend {url!r} has no host; {example}")
-    if port == 0:
-        raise ConfigError(f"--backend {url!r}: port 0 is not a port a backend listens on")
-    try:
-        parts.hostname.encode("idna")
-    except UnicodeError:
-        raise ConfigError(
-            f"--backend {url!r}: {parts.hostname!r} is not a valid host name"
-        ) from None
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ConfigError(
-            f"--backend {url!r}: only scheme, host, port and a path prefix are allowed; {example}"
-        )
-    prefix = parts.path.rstrip("/")
-    if not prefix.isascii() or any(c.isspace() or not c.isprintable() for c in prefix):
-        raise ConfigError(
-            f"--backend {url!r}: the path prefix must be URL-encoded ASCII without spaces "
-            "(write é as %C3%A9 and a space as %20)"
-        )
-    if parts.scheme == "https":
-        return BackendAddress(
-            url=url,
-            host=parts.hostname,
-            port=port or 443,
-            path_prefix=prefix.encode("ascii"),
-            tls=BackendTLS(server_name=parts.hostname),
-        )
-    return BackendAddress(
-        url=url, host=parts.hostname, port=port or 80, path_prefix=prefix.encode("ascii")
-    )
-
-
-def parse_tcp_backend(url: str) -> BackendAddress:
-    """``tcp://host:port`` or ``unix:/path`` → :class:`BackendAddress`, for ``--mode tcp``."""
-    example = "e.g. --backend tcp://127.0.0.1:6379 or --backend unix:/run/app.sock"
-    if url[:5].lower() == "unix:":
-        return _parse_unix_backend(url)
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise ConfigError(f"--backend {url!r} is not a valid address ({e}); {example}") from None
-    if parts.scheme != "tcp":
-        raise ConfigError(
-            f"--backend {url!r}: --mode tcp relays bytes, not HTTP, so the backend is a "
-            f"tcp://host:port or unix:/path address; {example}"
-        )
-    if not parts.hostname or not port:
-        raise ConfigError(f"--backend {url!r} needs a host and a port (1-65535); {example}")
-    try:
-        parts.hostname.encode("idna")
-    except UnicodeError:
-        raise ConfigError(
-            f"--backend {url!r}: {parts.hostname!r} is not a valid host name"
-        ) from None
-    if parts.path.strip("/") or parts.query or parts.fragment or parts.username or parts.password:
-        raise ConfigError(f"--backend {url!r}: only tcp://host:port is allowed; {example}")
-    return BackendAddress(url=url, host=parts.hostname, port=port, path_prefix=b"")
 
 
 def _mode(options: Mapping[str, Any]) -> tuple[str, str | None]:
@@ -213,21 +105,6 @@ def _mode(options: Mapping[str, Any]) -> tuple[str, str | None]:
     return mode, send
 
 
-def _metrics_listen(options: Mapping[str, Any]) -> str | None:
-    """``--metrics-listen``: a plain Twisted endpoint (the metrics are served without TLS)."""
-    description: str | None = options.get("metrics_listen")
-    if description is None:
-        return None
-    kind = description.split(":", 1)[0].lower()
-    if kind not in _LISTEN_KINDS:
-        raise ConfigError(
-            f"--metrics-listen {description!r}: unknown endpoint type {kind!r}; use one of "
-            + ", ".join(f"{k}:" for k in _LISTEN_KINDS)
-            + ", e.g. --metrics-listen tcp:9100:interface=127.0.0.1"
-        )
-    return description
-
-
 MAX_WORKERS = 64
 
 
@@ -262,94 +139,6 @@ def _access_log_format(options: Mapping[str, Any]) -> str:
     return given
 
 
-def _parse_unix_backend(url: str) -> BackendAddress:
-    """``unix:/run/app.sock`` (or ``unix:///run/app.sock``, or relative to the working directory).
-
-    No path prefix: the whole rest is the socket's file name, which may contain any character.
-    """
-    path = url[5:]
-    if path.startswith("//"):  # the URL form of Docker and curl: unix:///abs/path
-        path = path[2:]
-    if not path or path.endswith("/"):
-        raise ConfigError(
-            f"--backend {url!r}: name the socket file, e.g. --backend unix:/run/app/http.sock"
-        )
-    if "\0" in path:
-        raise ConfigError(f"--backend {url!r}: a socket path cannot contain a NUL character")
-    absolute = os.path.abspath(path)  # twistd may change directory later (--rundir)
-    return BackendAddress(url=url, host="localhost", port=0, path_prefix=b"", socket_path=absolute)
-
-
-def backend_tls(backend: BackendAddress, options: Mapping[str, Any]) -> BackendAddress:
-    """Apply --backend-ca, --insecure-backend and --backend-server-name to an https backend."""
-    ca, insecure = options.get("backend_ca"), bool(options.get("insecure_backend"))
-    server_name = options.get("backend_server_name")
-    given = [
-        flag
-        for flag, value in (
-            ("--backend-ca", ca),
-            ("--insecure-backend", insecure),
-            ("--backend-server-name", server_name),
-        )
-        if value
-    ]
-    if backend.tls is None:
-        if given:
-            raise ConfigError(
-                f"{given[0]} applies to an https:// backend only, and --backend is "
-                f"{backend.url}; remove {given[0]} (or use an https:// backend)"
-            )
-        return backend
-    if ca is not None and insecure:
-        raise ConfigError(
-            "--backend-ca and --insecure-backend contradict each other (verify with that CA, "
-            "or verify nothing); keep --backend-ca"
-        )
-    name = backend.tls.server_name
-    if server_name is not None:
-        name = _backend_server_name(server_name)
-    ca_pem = _read_backend_ca(Path(ca)) if ca is not None else None
-    tls = BackendTLS(server_name=name, ca_pem=ca_pem, verify=not insecure)
-    return dataclasses.replace(backend, tls=tls)
-
-
-def _backend_server_name(value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        if not _HOSTNAME.match(value) or value.startswith("*"):
-            raise ConfigError(
-                f"--backend-server-name {value!r} is neither a DNS name nor an IP address; "
-                "give the name in the backend's certificate, e.g. --backend-server-name "
-                "app.internal"
-            ) from None
-        return value.lower().rstrip(".")
-
-
-def _read_ca_file(flag: str, path: Path, *, what: str) -> list[x509.Certificate]:
-    """The PEM certificates in the file ``flag`` names; ``what`` says which CA is wanted."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"{flag} {path}: cannot read it ({e.strerror})") from None
-    try:
-        certificates = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        certificates = []
-    if not certificates:
-        raise ConfigError(
-            f"{flag} {path}: no PEM certificate in it; give the CA certificate that {what} "
-            "(-----BEGIN CERTIFICATE-----)"
-        )
-    return certificates
-
-
-def _read_backend_ca(path: Path) -> bytes:
-    """The ``--backend-ca`` file's contents, checked to hold certificates."""
-    _read_ca_file("--backend-ca", path, what="signed the backend's certificate")
-    return path.read_bytes()
-
-
 def _client_auth(options: Mapping[str, Any]) -> tuple[bytes | None, str]:
     """``--client-ca`` (its certificates, as clean PEM) and ``--client-auth``; see docs/mtls.md."""
     ca, auth = options.get("client_ca"), options.get("client_auth")
@@ -364,7 +153,7 @@ def _client_auth(options: Mapping[str, Any]) -> tuple[bytes | None, str]:
             )
     if ca is None:
         return None, "required"
-    certificates = _read_ca_file("--client-ca", Path(ca), what="signs your client certificates")
+    certificates = read_ca_file("--client-ca", Path(ca), what="signs your client certificates")
     pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
     return pem, auth or "required"
 
@@ -381,70 +170,13 @@ def _positive(options: Mapping[str, Any], name: str, *, integer: bool = False) -
     return value
 
 
-def _listeners(options: Mapping[str, Any]) -> tuple[Listener, ...]:
-    listen: Sequence[str] = options["listen"]
-    if listen:
-        for description in listen:
-            kind = description.split(":", 1)[0].lower()
-            if kind in ("ssl", "tls", "le", "lets"):
-                raise ConfigError(
-                    f"--listen {description!r}: give a plain endpoint such as tcp:8443; "
-                    "tlsproxy wraps it in TLS itself"
-                )
-            if kind not in _LISTEN_KINDS:
-                raise ConfigError(
-                    f"--listen {description!r}: unknown endpoint type {kind!r}; use one of "
-                    + ", ".join(f"{k}:" for k in _LISTEN_KINDS)
-                )
-        return tuple(Listener(d) for d in listen)
-    try:
-        port = int(options["port"])
-    except ValueError:
-        raise ConfigError(f"--port {options['port']!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--port {port} is out of range; use 1-65535 (or 0 for any free port)")
-    interfaces: Sequence[str] = options["interface"] or DEFAULT_INTERFACES
-    listeners = []
-    for interface in interfaces:
-        try:
-            ip = ipaddress.ip_address(interface)
-        except ValueError:
-            raise ConfigError(
-                f"--interface {interface!r} is not an IP address; e.g. --interface 127.0.0.1 "
-                "(or 0.0.0.0 for every IPv4 interface)"
-            ) from None
-        escaped = str(ip).replace(":", r"\:")
-        kind = "tcp6" if ip.version == 6 else "tcp"
-        listeners.append(
-            Listener(f"{kind}:{port}:interface={escaped}", optional=not options["interface"])
-        )
-    return tuple(listeners)
-
-
-def _redirect_listeners(options: Mapping[str, Any]) -> tuple[Listener, ...]:
-    raw = options.get("redirect_http")
-    if raw is None:
-        return ()
-    try:
-        port = int(raw)
-    except ValueError:
-        raise ConfigError(f"--redirect-http {raw!r} is not a port number, e.g. 8080") from None
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"--redirect-http {port} is out of range; use 1-65535")
-    plain = _listeners({**options, "listen": [], "port": str(port)})
-    tls_ports = {d.description.split(":")[1] for d in _listeners(options)}
-    if str(port) in tls_ports:
-        raise ConfigError(f"--redirect-http {port} is the TLS port too; pick another port")
-    return plain
-
-
 def _hostnames(values: Sequence[str]) -> tuple[str, ...]:
     names = []
     for value in values:
         try:
             names.append(str(ipaddress.ip_address(value)))
         except ValueError:
-            if not _HOSTNAME.match(value):
+            if not HOSTNAME.match(value):
                 raise ConfigError(
                     f"--hostname {value!r} is neither a DNS name nor an IP address"
                 ) from None
@@ -480,7 +212,7 @@ def _routes(options: Mapping[str, Any], mode: str) -> tuple[Route, ...]:
         example = "e.g. --route app.example.com=http://127.0.0.1:8001"
         if not equals or not url:
             raise ConfigError(f"--route {value!r} is not HOST=BACKEND; {example}")
-        if not _HOSTNAME.match(host):
+        if not HOSTNAME.match(host):
             hint = " (without a port: a route matches any port)" if ":" in host else ""
             raise ConfigError(f"--route {value!r}: {host!r} is not a host name{hint}; {example}")
         if any(normalise(r.host) == normalise(host) for r in routes):
@@ -499,7 +231,7 @@ def _certificate_source(options: Mapping[str, Any]) -> CertificateSource:
     passphrase_file = options["key_passphrase_file"]
     strict_sni = bool(options.get("strict_sni"))
     default_name = options.get("sni_default")
-    if default_name is not None and not _HOSTNAME.match(default_name):
+    if default_name is not None and not HOSTNAME.match(default_name):
         raise ConfigError(f"--sni-default {default_name!r} is not a host name, e.g. example.com")
     return CertificateSource(
         pairs=_certificate_pairs(options.get("cert_files", ())),
@@ -611,7 +343,7 @@ def build_config(
     )
     if limits.max_header_bytes < 1024:
         raise ConfigError("--max-header-bytes below 1024 would refuse ordinary browser requests")
-    listeners = _listeners(options)
+    listeners = listen_options.listeners(options)
     trusted = _trusted(options["trusted_proxy"])
     proxy_protocol = bool(options.get("proxy_protocol"))
     if proxy_protocol and not trusted:
@@ -643,7 +375,7 @@ def build_config(
         access_log=access_log,
         trusted_proxies=trusted,
         http2=not options.get("no_http2", False),
-        redirect_listeners=_redirect_listeners(options),
+        redirect_listeners=listen_options.redirect_listeners(options),
         hsts_seconds=(
             _positive(options, "hsts", integer=True) if options.get("hsts") is not None else None
         ),
@@ -655,7 +387,7 @@ def build_config(
         notify_socket=notify_socket,
         watchdog_usec=watchdog_usec,
         proxy_protocol=proxy_protocol,
-        metrics_listen=_metrics_listen(options),
+        metrics_listen=listen_options.metrics_listen(options),
         access_log_format=_access_log_format(options),
         mode=mode,
         send_proxy_protocol=send_proxy_protocol,

@@ -67,9 +67,10 @@ class ReloadFailed:
 def attempt_reload(build: Callable[[], T]) -> Reloaded[T] | ReloadFailed:
     """Build the complete new state; a user error (bad file, unreadable path) is a failed reload.
 
-    ``ValueError`` covers :class:`tlsproxy.config.ConfigError` (every certificate problem, worded
-    for the user) and ``OSError`` covers ``ssl.SSLError`` and files that vanished mid-renewal.
-    Anything else is a bug and propagates: it must not be mistaken for a broken certificate.
+    ``ValueError`` covers :class:`tlsproxy.configerror.ConfigError` (every certificate problem,
+    worded for the user) and ``OSError`` covers ``ssl.SSLError`` and files that vanished
+    mid-renewal. Anything else is a bug and propagates: it must not be mistaken for a broken
+    certificate.
     """
     try:
         return Reloaded(build())

@@ -23,9 +23,9 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
-from tlsproxy.config import Listener
 from tlsproxy.http.h1 import FrontSettings, H1Connection
 from tlsproxy.http.h2 import H2Connection
+from tlsproxy.listenoptions import Listener
 from tlsproxy.tcpmode import TcpFront
 from tlsproxy.tls.memorytls import MemoryTLSFactory
 

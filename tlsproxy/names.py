@@ -16,10 +16,19 @@ Rules:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-__all__ = ["NameTable", "host_name", "normalise"]
+__all__ = ["HOSTNAME", "NameTable", "host_name", "normalise"]
+
+#: A DNS name as the command line may give it: letters, digits, ``-`` and ``_`` in labels of 1
+#: to 63, at most 253 in all, an optional ``*.`` first and trailing dot.
+HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?\.)*[a-z0-9_]"
+    r"([a-z0-9-]{0,61}[a-z0-9])?\.?$",
+    re.IGNORECASE,
+)
 
 T = TypeVar("T")
 

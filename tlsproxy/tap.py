@@ -10,7 +10,9 @@ from typing import Any, ClassVar
 from twisted.application.service import IService
 from twisted.python import usage
 
-from tlsproxy.config import DEFAULT_PORT, ConfigError, Limits, build_config
+from tlsproxy.config import Limits, build_config
+from tlsproxy.configerror import ConfigError
+from tlsproxy.listenoptions import DEFAULT_PORT
 
 _LIMITS = Limits()
 

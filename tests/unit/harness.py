@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 
 from tlsproxy.accesslog import AccessLog
 from tlsproxy.backend import BackendConnection, BackendPool
-from tlsproxy.config import parse_backend
+from tlsproxy.backendoptions import parse_backend
 from tlsproxy.deadline import DeadlineSweeper
 from tlsproxy.http.h1 import FrontSettings, H1Connection
 from tlsproxy.http.headers import IPNetwork

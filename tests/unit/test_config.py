@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.certfactory import NOW, make_ca, make_leaf, write_pair, write_pem
-from tlsproxy.config import Config, ConfigError, Listener, build_config, parse_backend
+from tlsproxy.backendoptions import parse_backend
+from tlsproxy.config import Config, build_config
+from tlsproxy.configerror import ConfigError
+from tlsproxy.listenoptions import Listener
 from tlsproxy.tap import Options
 from tlsproxy.tls.client import BackendTLS
 

@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 
 from tests.certfactory import DAY, NOW, Issued, cert_pem, make_ca, make_leaf, write_pair, write_pem
 from tlsproxy.backend import BackendAddress
-from tlsproxy.config import parse_backend
+from tlsproxy.backendoptions import parse_backend
 from tlsproxy.doctor import run
 from tlsproxy.doctor.backend import (
     Plan,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
-from tlsproxy.config import ConfigError
+from tlsproxy.configerror import ConfigError
 from tlsproxy.lifecycle import (
     CertificateWatcher,
     Drain,

@@ -13,9 +13,9 @@ from twisted.internet.testing import MemoryReactor, RaisingMemoryReactor
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from tests.unit.harness import MemoryTransport, Proxy, address
-from tlsproxy.config import Listener
 from tlsproxy.http.h1 import H1Connection
 from tlsproxy.listen import FrontFactory, ListenError, listen_all, url_of
+from tlsproxy.listenoptions import Listener
 
 
 class Port:

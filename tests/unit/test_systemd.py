@@ -17,7 +17,8 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
-from tlsproxy.config import ConfigError, systemd_environment
+from tlsproxy.config import systemd_environment
+from tlsproxy.configerror import ConfigError
 from tlsproxy.systemd import STATUS_INTERVAL, SystemdNotifier, socket_address
 
 

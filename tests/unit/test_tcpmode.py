@@ -19,7 +19,9 @@ from twisted.python.failure import Failure
 from tests.certfactory import NOW
 from tests.unit.harness import MemoryTransport, Proxy, address
 from tlsproxy import proxyproto
-from tlsproxy.config import Config, ConfigError, build_config, parse_tcp_backend
+from tlsproxy.backendoptions import parse_tcp_backend
+from tlsproxy.config import Config, build_config
+from tlsproxy.configerror import ConfigError
 from tlsproxy.deadline import DeadlineSweeper
 from tlsproxy.listen import TcpFrontFactory
 from tlsproxy.tap import Options

@@ -3,7 +3,7 @@
 Rules:
 
 1. The flags mean what they mean to ``twistd tlsproxy`` and are validated by the same functions
-   (``tlsproxy.config.parse_backend`` and the rules for ``--backend-ca``,
+   (``tlsproxy.backendoptions.parse_backend`` and the rules for ``--backend-ca``,
    ``--backend-server-name`` and ``--insecure-backend``, ``tlsproxy.tls.devca.wanted_names``);
    a bad flag is a usage error (exit status 2), like every other command.
 2. Nothing a check meets escapes it: an unexpected error becomes that check's problem line, so
@@ -22,12 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from tlsproxy.config import (
-    DEFAULT_PORT,
-    ConfigError,
-    backend_tls,  # rule 1: config's own flag rules
-    parse_backend,
-)
+from tlsproxy.backendoptions import backend_tls, parse_backend  # rule 1: startup's own rules
+from tlsproxy.configerror import ConfigError
 from tlsproxy.doctor import certificate as certificate_checks
 from tlsproxy.doctor import truststores
 from tlsproxy.doctor.backendchecks import backend_checks
@@ -42,6 +38,7 @@ from tlsproxy.doctor.finding import (
     summary,
     unexpected,
 )
+from tlsproxy.listenoptions import DEFAULT_PORT
 from tlsproxy.tls.certstore import CertificateError
 from tlsproxy.tls.command import ArgumentParser, UsageExit
 from tlsproxy.tls.devca import DEFAULT_NAMES, wanted_names

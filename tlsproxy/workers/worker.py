@@ -31,7 +31,9 @@ from twisted.logger import ILogObserver, LogEvent, eventAsText, globalLogBeginne
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tlsproxy.config import Config, ConfigError, Listener, build_config
+from tlsproxy.config import Config, build_config
+from tlsproxy.configerror import ConfigError
+from tlsproxy.listenoptions import Listener
 from tlsproxy.metrics import snapshot
 from tlsproxy.service import ProxyService
 from tlsproxy.tap import Options

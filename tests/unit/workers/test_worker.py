@@ -20,7 +20,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from tlsproxy.config import Config, Listener, build_config
+from tlsproxy.config import Config, build_config
+from tlsproxy.listenoptions import Listener
 from tlsproxy.tap import Options
 from tlsproxy.workers.channel import (
     Inheritance,
