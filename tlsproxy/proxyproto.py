@@ -16,6 +16,8 @@ client's address; see haproxy's ``doc/proxy-protocol.txt``. Rules:
 4. A v2 header's TLVs are skipped, after checking that they tile the rest of the header; the
    whole v2 header is bounded by :data:`V2_MAX_LENGTH`, far below the 64 kB its length field
    allows, so a peer cannot make us hold a large buffer before TLS begins.
+5. Writing (``--send-proxy-protocol``): :func:`header_for` names the client and our own address
+   as Twisted gives them, in either version.
 """
 
 from __future__ import annotations
@@ -237,3 +239,40 @@ def write_v2(source: Address | None, destination: Address | None) -> bytes:
 def _check_same_family(source: Address, destination: Address) -> None:
     if source.ip.version != destination.ip.version:
         raise ValueError(f"{source.ip} and {destination.ip} are not of the same address family")
+
+
+def header_for(version: str, peer: tuple[str, int] | None, local: tuple[str, int] | None) -> bytes:
+    """The PROXY ``version`` ("v1" or "v2") header naming ``peer`` → ``local`` (None: no IP).
+
+    Mixed families (an IPv4 client named by a PROXY header, on an IPv6 listener) are written
+    as IPv6 with the IPv4 address mapped, as HAProxy does; a non-IP end (a unix socket) makes
+    the header say only that the connection is proxied (v1 ``UNKNOWN``, v2 ``LOCAL``).
+    """
+    source = _address(peer)
+    destination = _address(local)
+    if (
+        source is not None
+        and destination is not None
+        and source.ip.version != destination.ip.version
+    ):
+        source, destination = _as_ipv6(source), _as_ipv6(destination)
+    write = write_v1 if version == "v1" else write_v2
+    return write(source, destination)
+
+
+def _address(end: tuple[str, int] | None) -> Address | None:
+    if end is None:
+        return None
+    try:
+        ip = ipaddress.ip_address(end[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # a dual-stack socket's view of an IPv4 client
+    return Address(ip, end[1])
+
+
+def _as_ipv6(address: Address) -> Address:
+    if address.ip.version == 6:
+        return address
+    return Address(ipaddress.IPv6Address(f"::ffff:{address.ip}"), address.port)

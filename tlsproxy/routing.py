@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from tlsproxy.names import NameTable, host_name, normalise
 
 if TYPE_CHECKING:
-    from tlsproxy.backend import BackendPool
+    from tlsproxy.backendpool import BackendPool
     from tlsproxy.tls.certset import CertificateSet
 
 __all__ = ["MISDIRECTED", "Router"]

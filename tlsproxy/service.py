@@ -18,7 +18,8 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from tlsproxy.accesslog import AccessLog, JsonAccessLog, LineFile
-from tlsproxy.backend import BackendAddress, BackendPool
+from tlsproxy.backend import BackendAddress
+from tlsproxy.backendpool import BackendPool
 from tlsproxy.config import Config
 from tlsproxy.deadline import DeadlineSweeper
 from tlsproxy.frameworks import hint_lines

@@ -25,24 +25,23 @@ Rules:
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
-from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tlsproxy import proxyproto
-from tlsproxy.backend import BackendAddress, describe_connect_failure
+from tlsproxy.backend import BackendAddress
 from tlsproxy.deadline import NEVER, DeadlineSweeper
 from tlsproxy.http.headers import ClientInfo
 from tlsproxy.names import NameTable, normalise
 from tlsproxy.relay import Relay
+from tlsproxy.tcpdial import BackendSide, connect  # the backend side (dialling, its socket)
 
 log = Logger()
 
@@ -70,45 +69,6 @@ class TcpSettings:
         return self.backend
 
 
-def proxy_header(
-    version: str, peer: tuple[str, int] | None, local: tuple[str, int] | None
-) -> bytes:
-    """The PROXY ``version`` ("v1" or "v2") header naming ``peer`` → ``local`` (None: no IP).
-
-    Mixed families (an IPv4 client named by a PROXY header, on an IPv6 listener) are written
-    as IPv6 with the IPv4 address mapped, as HAProxy does; a non-IP end (a unix socket) makes
-    the header say only that the connection is proxied (v1 ``UNKNOWN``, v2 ``LOCAL``).
-    """
-    source = _address(peer)
-    destination = _address(local)
-    if (
-        source is not None
-        and destination is not None
-        and source.ip.version != destination.ip.version
-    ):
-        source, destination = _as_ipv6(source), _as_ipv6(destination)
-    write = proxyproto.write_v1 if version == "v1" else proxyproto.write_v2
-    return write(source, destination)
-
-
-def _address(end: tuple[str, int] | None) -> proxyproto.Address | None:
-    if end is None:
-        return None
-    try:
-        ip = ipaddress.ip_address(end[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # a dual-stack socket's view of an IPv4 client
-    return proxyproto.Address(ip, end[1])
-
-
-def _as_ipv6(address: proxyproto.Address) -> proxyproto.Address:
-    if address.ip.version == 6:
-        return address
-    return proxyproto.Address(ipaddress.IPv6Address(f"::ffff:{address.ip}"), address.port)
-
-
 def _end_of(address: Any) -> tuple[str, int] | None:
     host, port = getattr(address, "host", None), getattr(address, "port", None)
     return (host, port) if isinstance(host, str) and isinstance(port, int) else None
@@ -124,7 +84,7 @@ class TcpFront(Protocol):
         self._on_close = on_close
         self._pending: list[bytes] | None = None  # read before the backend connected (rule 1)
         self._client_finished = False  # the client ended its sending side while we connected
-        self._backend: _BackendSide | None = None
+        self._backend: BackendSide | None = None
         self.relay: Relay | None = None
         self._holds: set[str] = set()  # why the client is not being read now
         self.closing = False
@@ -155,7 +115,7 @@ class TcpFront(Protocol):
         self.deadline = NEVER  # --connect-timeout bounds what follows
         transport: Any = self.transport
         backend = self.settings.backend_for(getattr(transport, "server_name", None))
-        _connect(self, backend, tuple(backend.candidates()))
+        connect(self, backend, tuple(backend.candidates()))
 
     def dataReceived(self, data: bytes) -> None:
         if self.relay is not None:
@@ -266,7 +226,7 @@ class TcpFront(Protocol):
 
     # -- the backend side ------------------------------------------------------------------------
 
-    def backend_connected(self, backend: _BackendSide) -> None:
+    def backend_connected(self, backend: BackendSide) -> None:
         """The backend answered: PROXY header, then what the client sent, then relay (rules 1-3)."""
         if self.closing:
             backend.close()
@@ -276,7 +236,9 @@ class TcpFront(Protocol):
         if version is not None:
             transport: Any = self.transport
             backend.write(
-                proxy_header(version, _end_of(transport.getPeer()), _end_of(transport.getHost()))
+                proxyproto.header_for(
+                    version, _end_of(transport.getPeer()), _end_of(transport.getHost())
+                )
             )
         relay = self.relay = Relay(
             write_client=self.transport.write,  # type: ignore[union-attr]
@@ -334,123 +296,3 @@ class TcpFront(Protocol):
         # Reset the TCP connection under TLS: no close_notify for a stream that was cut off.
         transport: Any = self.transport
         getattr(transport, "transport", transport).abortConnection()
-
-
-@implementer(IHalfCloseableProtocol)
-class _BackendSide(Protocol):
-    """The plain TCP (or unix socket) connection to the backend, for one :class:`TcpFront`."""
-
-    def __init__(self, front: TcpFront) -> None:
-        self._front = front
-        self._reading_paused = False
-        self._closed = False  # loseConnection was called: the relay and the front both may
-        self._producing = False  # registered as the producer on our own transport
-
-    def connectionMade(self) -> None:
-        transport: Any = self.transport
-        transport.registerProducer(self, True)
-        self._producing = True
-        self._front.backend_connected(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        relay = self._front.relay
-        if relay is not None:
-            relay.from_backend(data)
-
-    def readConnectionLost(self) -> None:
-        self._front.backend_finished_sending()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.transport = None
-        self._front.backend_lost()
-
-    # IPushProducer on the backend's transport: the backend is slow to read what we send it.
-    def pauseProducing(self) -> None:
-        self._front.hold_reading("backend")
-
-    def resumeProducing(self) -> None:
-        self._front.release_reading("backend")
-
-    def stopProducing(self) -> None:
-        pass
-
-    # -- used by the front -----------------------------------------------------------------------
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
-
-    def hold_reading(self) -> None:
-        if self.transport is not None and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pauseProducing()  # type: ignore[attr-defined]
-
-    def release_reading(self) -> None:
-        if self.transport is not None and self._reading_paused:
-            self._reading_paused = False
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
-
-    def finish_sending(self) -> None:
-        """FIN after what is buffered, keep reading; a transport that cannot half-close closes."""
-        transport: Any = self.transport
-        if transport is None or self._closed:
-            return
-        self._stop_producing_for(transport)
-        half_close = getattr(transport, "loseWriteConnection", None)
-        (half_close or transport.loseConnection)()
-
-    def close(self) -> None:
-        transport: Any = self.transport
-        if transport is not None and not self._closed:
-            self._closed = True
-            self._stop_producing_for(transport)
-            transport.loseConnection()
-
-    def _stop_producing_for(self, transport: Any) -> None:
-        # Nothing more will be written: the back-pressure wiring can go (TCP waits for it).
-        if self._producing:
-            self._producing = False
-            transport.unregisterProducer()
-
-
-class _Attempt(ClientFactory):
-    """Dialling one backend address for one front; on failure the next candidate is tried."""
-
-    noisy = False
-
-    def __init__(self, front: TcpFront, address: BackendAddress, hosts: tuple[str, ...]) -> None:
-        self.front = front
-        self.address = address
-        self.hosts = hosts
-
-    def buildProtocol(self, addr: Any) -> _BackendSide:
-        return _BackendSide(self.front)
-
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        self.failed(reason)
-
-    def failed(self, reason: Failure) -> None:
-        if len(self.hosts) > 1 and not self.front.closing:
-            _connect(self.front, self.address, self.hosts[1:])
-        else:
-            self.front.backend_failed(describe_connect_failure(reason))
-
-
-def _connect(front: TcpFront, address: BackendAddress, hosts: tuple[str, ...]) -> None:
-    """Dial ``hosts[0]`` (a socket path, an IP address or a host name) for ``front``."""
-    settings = front.settings
-    reactor, timeout = settings.reactor, settings.connect_timeout
-    attempt = _Attempt(front, address, hosts)
-    if address.socket_path is not None:
-        reactor.connectUNIX(hosts[0], attempt, timeout=timeout)
-        return
-    try:
-        ipaddress.ip_address(hosts[0])
-    except ValueError:  # a host name: the endpoint resolves it (both families)
-        endpoint = HostnameEndpoint(reactor, hosts[0].encode("idna"), address.port, timeout=timeout)
-        endpoint.connect(attempt).addErrback(attempt.failed)
-        return
-    reactor.connectTCP(hosts[0], address.port, attempt, timeout=timeout)

@@ -31,8 +31,9 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from tlsproxy.accesslog import AccessLog
-from tlsproxy.backend import BackendConnection, BackendPool
+from tlsproxy.backend import BackendConnection
 from tlsproxy.backendoptions import parse_backend
+from tlsproxy.backendpool import BackendPool
 from tlsproxy.deadline import DeadlineSweeper
 from tlsproxy.http.h1 import FrontSettings, H1Connection
 from tlsproxy.http.headers import IPNetwork

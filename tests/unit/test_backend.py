@@ -22,7 +22,7 @@ from tests.unit.harness import (
     split_head,
 )
 from tests.unit.harness import address as net_address
-from tlsproxy import backend as backend_module
+from tlsproxy import backendpool as backend_module
 from tlsproxy.backend import BackendAddress
 
 

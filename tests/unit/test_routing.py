@@ -8,7 +8,7 @@ from typing import Any, cast
 import pytest
 
 from tests.certfactory import NOW, make_leaf, write_pair
-from tlsproxy.backend import BackendPool
+from tlsproxy.backendpool import BackendPool
 from tlsproxy.routing import Router
 from tlsproxy.tls.certset import CertificateSet, certificate_set
 from tlsproxy.tls.certstore import load_certificate

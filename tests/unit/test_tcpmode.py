@@ -24,8 +24,9 @@ from tlsproxy.config import Config, build_config
 from tlsproxy.configerror import ConfigError
 from tlsproxy.deadline import DeadlineSweeper
 from tlsproxy.listen import TcpFrontFactory
+from tlsproxy.proxyproto import header_for
 from tlsproxy.tap import Options
-from tlsproxy.tcpmode import TcpFront, TcpSettings, proxy_header
+from tlsproxy.tcpmode import TcpFront, TcpSettings
 
 CONNECT_TIMEOUT = 5.0
 IDLE_TIMEOUT = 60.0
@@ -109,7 +110,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def test_proxy_header_v2_names_client_and_our_address() -> None:
     """A v2 header parses back to the client as source and our listener as destination."""
-    header = proxy_header("v2", ("203.0.113.7", 50123), ("192.0.2.1", 8443))
+    header = header_for("v2", ("203.0.113.7", 50123), ("192.0.2.1", 8443))
     parsed = proxyproto.parse(header)
     assert isinstance(parsed, proxyproto.Parsed)
     assert parsed.length == len(header)
@@ -120,7 +121,7 @@ def test_proxy_header_v2_names_client_and_our_address() -> None:
 def test_proxy_header_v1_is_the_text_line() -> None:
     """v1 is the TCP4 text line HAProxy writes."""
     assert (
-        proxy_header("v1", ("203.0.113.7", 50123), ("192.0.2.1", 8443))
+        header_for("v1", ("203.0.113.7", 50123), ("192.0.2.1", 8443))
         == b"PROXY TCP4 203.0.113.7 192.0.2.1 50123 8443\r\n"
     )
 
@@ -128,10 +129,10 @@ def test_proxy_header_v1_is_the_text_line() -> None:
 def test_proxy_header_mixed_families_are_written_as_ipv6() -> None:
     """An IPv4 client (from --proxy-protocol) on an IPv6 listener becomes an IPv4-mapped source."""
     assert (
-        proxy_header("v1", ("203.0.113.7", 1), ("::1", 8443))
+        header_for("v1", ("203.0.113.7", 1), ("::1", 8443))
         == b"PROXY TCP6 ::ffff:cb00:7107 ::1 1 8443\r\n"
     )
-    parsed = proxyproto.parse(proxy_header("v2", ("::ffff:203.0.113.7", 1), ("127.0.0.1", 2)))
+    parsed = proxyproto.parse(header_for("v2", ("::ffff:203.0.113.7", 1), ("127.0.0.1", 2)))
     assert isinstance(parsed, proxyproto.Parsed)
     assert parsed.source is not None
     assert str(parsed.source.ip) == "203.0.113.7"  # a dual-stack socket's mapped address
@@ -139,8 +140,8 @@ def test_proxy_header_mixed_families_are_written_as_ipv6() -> None:
 
 def test_proxy_header_without_ip_says_unknown() -> None:
     """A unix socket client has no address to name: v1 UNKNOWN, v2 LOCAL."""
-    assert proxy_header("v1", None, ("127.0.0.1", 8443)) == b"PROXY UNKNOWN\r\n"
-    parsed = proxyproto.parse(proxy_header("v2", None, None))
+    assert header_for("v1", None, ("127.0.0.1", 8443)) == b"PROXY UNKNOWN\r\n"
+    parsed = proxyproto.parse(header_for("v2", None, None))
     assert isinstance(parsed, proxyproto.Parsed)
     assert parsed.source is None
 

@@ -21,7 +21,8 @@ from tlsproxy.http.headers import (
 )
 
 if TYPE_CHECKING:
-    from tlsproxy.backend import BackendConnection, BackendPool
+    from tlsproxy.backend import BackendConnection
+    from tlsproxy.backendpool import BackendPool
     from tlsproxy.metrics import Metrics
 
 # Statuses whose responses never have a body, whatever their headers say (RFC 9110 §6.4.1).
@@ -257,7 +258,7 @@ class Exchange:
                 self._metrics.backend_errors[kinds.CLOSED] += 1
                 self._abort()
         elif connection.served and not self._retried:
-            # Rule 2 of backend.py: a reused connection the backend was closing. Try a fresh one.
+            # Rule 1 of backendpool.py: a reused connection the backend was closing; try anew.
             self._retried = True
             self._pending = [self._head]
             self._pool.acquire(self)

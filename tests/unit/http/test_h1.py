@@ -18,7 +18,7 @@ from tests.unit.harness import (
     response,
     split_head,
 )
-from tlsproxy.backend import IDLE_SECONDS
+from tlsproxy.backendpool import IDLE_SECONDS
 
 FORWARDED_FOR_CLIENT = (
     b"X-Forwarded-For: 203.0.113.7\r\n"
