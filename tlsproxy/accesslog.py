@@ -74,7 +74,7 @@ class LineFile:
         """``path`` opened for appending (created if new, as open() would); ``-``: stdout."""
         if path == "-":
             return cls(1, owned=False)
-        return cls(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666))
+        return cls(open_for_appending(path))
 
     def write(self, text: str) -> int:
         self._pending.append(text)
@@ -112,6 +112,12 @@ class LineFile:
         if self._owned:
             os.close(self._fd)
             self._owned = False
+
+
+def open_for_appending(path: str) -> int:
+    """The descriptor of ``path`` opened as an access log is (a ``--workers`` supervisor opens
+    it so, and its workers inherit it)."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
 
 
 def _quote(value: bytes) -> str:

@@ -11,7 +11,7 @@ import ipaddress
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -316,12 +316,17 @@ def systemd_environment(environ: Mapping[str, str], *, pid: int) -> tuple[str | 
 
 
 def build_config(
-    options: Mapping[str, Any], *, now: datetime, environ: Mapping[str, str] | None = None
+    options: Mapping[str, Any],
+    *,
+    now: datetime,
+    environ: Mapping[str, str] | None = None,
+    write_dev_certificates: bool = True,
 ) -> Config:
     """Validate parsed command-line options; raise :class:`ConfigError` on the first problem.
 
     ``environ`` is the process environment (only systemd's notify variables are read from it);
-    None means none of them, as for a run outside systemd.
+    None means none of them, as for a run outside systemd. ``write_dev_certificates`` False
+    (a ``--workers`` worker): the development certificate is loaded as it is, never written.
     """
     if not options["backend"]:
         raise ConfigError(
@@ -357,7 +362,7 @@ def build_config(
     notify_socket, watchdog_usec = systemd_environment(environ or {}, pid=os.getpid())
     client_ca, client_auth = _client_auth(options)
     routes = _routes(options, mode)
-    source = _certificate_source(options)
+    source = replace(_certificate_source(options), writes_dev_files=write_dev_certificates)
     try:
         certificates, dev = source.load(now=now)
     except CertificateError as e:

@@ -14,13 +14,10 @@ from twisted.internet import tcp, unix
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
     IListeningPort,
-    IOpenSSLServerConnectionCreator,
     IProtocolFactory,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 from tlsproxy.http.h1 import FrontSettings, H1Connection
@@ -125,50 +122,6 @@ _PLAIN_HTTP_ANSWER = (
     b"Connection: close\r\n\r\n"
     b"400 Bad Request\n\nThis port speaks HTTPS: use an https:// URL.\n"
 )
-
-
-class _FrontTLS(TLSMemoryBIOProtocol):
-    """TLS on the client connection, which answers plain HTTP with a hint instead of silence."""
-
-    def makeConnection(self, transport: Any) -> None:
-        # TLSMemoryBIOProtocol.makeConnection, less its loop that re-declares each of the
-        # transport's interfaces on the wrapper one call at a time (each call replacing the
-        # last): about a tenth of the CPU of a new connection. ProtocolWrapper.makeConnection
-        # declares them all in one call. Covered by every end-to-end test.
-        self._tlsConnection = self.factory._creatorCallable(self)
-        self._appSendBuffer = []
-        Protocol.makeConnection(self, transport)
-        self.factory.registerProtocol(self)
-        if self._connectWrapped:
-            ProtocolWrapper.makeConnection(self, transport)
-        self._checkHandshakeStatus()  # type: ignore[no-untyped-call]
-
-    def dataReceived(self, data: bytes) -> None:
-        # Only the first read is looked at; after it, calls go straight to TLS.
-        self.dataReceived = super().dataReceived  # type: ignore[method-assign]
-        if data[:1].isalpha():  # a TLS record starts with 0x16; an HTTP request with a method
-            transport: Any = self.transport
-            transport.write(_PLAIN_HTTP_ANSWER)
-            transport.loseConnection()
-            return
-        super().dataReceived(data)  # type: ignore[no-untyped-call]
-
-
-class _TLSFactory(TLSMemoryBIOFactory):
-    # The front coalesces its writes itself (one TLS write per backend read), so Twisted's
-    # write-aggregating transport would only add a timer per write burst.
-    protocol = _FrontTLS
-    noisy = False
-
-    def logPrefix(self) -> str:
-        return "tlsproxy"
-
-
-def tls_factory(
-    creator: IOpenSSLServerConnectionCreator, front: FrontFactory
-) -> TLSMemoryBIOFactory:
-    """TLS by pyOpenSSL, through Twisted's TLSMemoryBIOProtocol."""
-    return _TLSFactory(creator, False, front)
 
 
 def memory_tls_factory(context: ssl.SSLContext, front: FrontFactory) -> MemoryTLSFactory:

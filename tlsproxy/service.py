@@ -12,10 +12,9 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtocolFactory
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from tlsproxy.accesslog import AccessLog, JsonAccessLog, LineFile
 from tlsproxy.backend import BackendAddress
@@ -45,7 +44,6 @@ from tlsproxy.listen import (
     listen_all,
     listen_metrics,
     memory_tls_factory,
-    tls_factory,
     url_of,
 )
 from tlsproxy.metrics import Metrics, MetricsFactory, render
@@ -60,28 +58,24 @@ from tlsproxy.tls.memorytls import MemoryTLSFactory
 from tlsproxy.tls.policy import (
     HTTP1_ALPN,
     HTTP2_ALPN,
-    TLS_ENGINE,
-    server_connection_creator,
     server_ssl_context,
 )
 from tlsproxy.tls.sni import sni_context
 
 log = Logger()
 
-#: What the TLS factory makes handshakes with: a stdlib context or a pyOpenSSL creator.
-ServerTLS = ssl.SSLContext | IOpenSSLServerConnectionCreator
-
 
 class ProxyService(Service):
     """Listens for TLS clients and proxies them to the backend while running."""
 
-    def __init__(self, config: Config, *, reactor: Any) -> None:
+    def __init__(self, config: Config, *, reactor: Any, log_stream: LineFile | None = None) -> None:
+        """``log_stream``: the access log, opened already (a ``--workers`` worker inherits it)."""
         self.config = config
         self._reactor = reactor
         self.router = _router(config, reactor)
         # Whole lines per write: with --workers, processes append to the same file or stdout.
-        self._log_stream: LineFile | None = None
-        if config.access_log is not None:
+        self._log_stream = log_stream
+        if log_stream is None and config.access_log is not None:
             self._log_stream = LineFile.open(config.access_log)  # "-": standard output
         log_class = JsonAccessLog if config.access_log_format == "json" else AccessLog
         self.access_log = log_class(self._log_stream) if self._log_stream else None
@@ -123,7 +117,7 @@ class ProxyService(Service):
         self.ports: list[Any] = []
         self.redirect_ports: list[Any] = []
         self.certificates = config.certificates  # what new handshakes use; replaced by reloads
-        self._tls: IProtocolFactory | None = None
+        self._tls: MemoryTLSFactory | None = None
         self._reload_signal = ReloadSignal(reactor=reactor, reload=self.reload_certificates)
         source = config.certificate_source
         self._watcher = (
@@ -197,31 +191,20 @@ class ProxyService(Service):
         """The page a scrape gets: the counters, and the certificate new handshakes use now."""
         return render(self.metrics, self._reactor.seconds(), self.certificates.certificates)
 
-    def _tls_factory(self) -> IProtocolFactory:
-        """The front's TLS layer, by the engine policy.TLS_ENGINE names."""
-        server_tls = self._server_tls(self.certificates)
-        if isinstance(server_tls, ssl.SSLContext):
-            return memory_tls_factory(server_tls, self.front)
-        return tls_factory(server_tls, self.front)
+    def _tls_factory(self) -> MemoryTLSFactory:
+        """The front's TLS layer (CPython's ``ssl``: :mod:`tlsproxy.tls.memorytls`)."""
+        return memory_tls_factory(self._server_tls(self.certificates), self.front)
 
-    def _server_tls(self, certificates: CertificateSet) -> ServerTLS:
+    def _server_tls(self, certificates: CertificateSet) -> ssl.SSLContext:
         """Handshake state for ``certificates``, built completely now (a bad pair fails here)."""
         config = self.config
-        if TLS_ENGINE == "stdlib":
-            build = partial(
-                server_ssl_context,
-                alpn=self.alpn,
-                client_ca=config.client_ca,
-                client_auth=config.client_auth,
-            )
-            return sni_context(certificates, build)
-        if config.client_ca is not None:  # MemoryTLS alone hands the certificate on
-            raise ValueError("--client-ca needs the stdlib TLS engine (policy.TLS_ENGINE)")
-        if len(certificates.certificates) > 1 or certificates.strict:
-            raise ValueError("several certificates need the stdlib TLS engine (policy.TLS_ENGINE)")
-        if TLS_ENGINE == "pyopenssl":
-            return server_connection_creator(certificates.default, alpn=self.alpn)
-        raise ValueError(f"unknown TLS_ENGINE {TLS_ENGINE!r}: 'pyopenssl' or 'stdlib'")
+        build = partial(
+            server_ssl_context,
+            alpn=self.alpn,
+            client_ca=config.client_ca,
+            client_auth=config.client_auth,
+        )
+        return sni_context(certificates, build)
 
     def reload_certificates(self) -> bool:
         """SIGHUP: load every certificate file again; new handshakes get them only if all loaded.
@@ -259,7 +242,7 @@ class ProxyService(Service):
             log.warn("warning: {warning}", warning=warning)
         return True
 
-    def _load_certificate(self) -> tuple[CertificateSet, ServerTLS]:
+    def _load_certificate(self) -> tuple[CertificateSet, ssl.SSLContext]:
         """The startup loading again (:meth:`CertificateSource.load`), then its TLS state."""
         source = self.config.certificate_source
         if source is None:
@@ -268,15 +251,10 @@ class ProxyService(Service):
         certificates, _ = source.load(now=now)  # development certificates are renewed here too
         return certificates, self._server_tls(certificates)
 
-    def _swap(self, server_tls: ServerTLS) -> None:
+    def _swap(self, server_tls: ssl.SSLContext) -> None:
         """One reference replaced: handshakes from now on use ``server_tls``."""
-        tls = self._tls
-        if isinstance(tls, MemoryTLSFactory) and isinstance(server_tls, ssl.SSLContext):
-            tls.context = server_tls
-        elif isinstance(tls, TLSMemoryBIOFactory) and not isinstance(server_tls, ssl.SSLContext):
-            # What TLSMemoryBIOFactory.__init__ derives from its creator, each handshake's source.
-            tls._creatorCallable = server_tls.serverConnectionForTLS
-        # No factory yet (not listening): _tls_factory will use self.certificates.
+        if self._tls is not None:  # not listening yet: _tls_factory will use self.certificates
+            self._tls.context = server_tls
 
     def _on_reload_start(self) -> None:
         """Hook: a reload begins (systemd: RELOADING=1)."""

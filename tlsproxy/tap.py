@@ -264,7 +264,7 @@ def makeService(options: Options) -> IService:
         print(f"tlsproxy: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     if config.workers > 1:
-        from tlsproxy.workers import build_supervisor  # noqa: PLC0415
+        from tlsproxy.workers.supervisor import build_supervisor  # noqa: PLC0415
 
         return build_supervisor(
             config,

@@ -178,7 +178,7 @@ def test_workers_make_a_supervisor_that_passes_the_command_line_on(
     """--workers 2: the service is a supervisor whose workers get the same arguments; the
     default (1) stays the single proxy process of before."""
     from tlsproxy.service import ProxyService
-    from tlsproxy.workers import Supervisor
+    from tlsproxy.workers.supervisor import Supervisor
 
     argv = ["--backend", "http://127.0.0.1:8000", "--certs-dir", str(tmp_path / "c")]
     single = tap.makeService(parse(*argv))

@@ -13,7 +13,9 @@ The certificates, in order of precedence:
    Files there that serve nothing, and no pair, are an error, not a reason to make the
    development certificate beside them;
 3. when it holds none: the development certificate, made and renewed there
-   (:mod:`tlsproxy.tls.devca`).
+   (:mod:`tlsproxy.tls.devca`). With ``writes_dev_files`` off (a ``--workers`` worker, whose
+   supervisor alone writes them, so that N processes never race to), the files are loaded as
+   they are.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class CertificateSource:
     hostnames: tuple[str, ...] = ()  # --hostname, for the development certificate
     default_name: str | None = None  # --sni-default
     strict_sni: bool = False  # --strict-sni
+    writes_dev_files: bool = True  # False: load the development files, never make or renew them
 
     def files(self) -> tuple[Path, ...]:
         """What a reload reads, for ``--watch-certs``: read again at each check.
@@ -114,7 +117,11 @@ class CertificateSource:
                     "--sni-default NAME"
                 )
             if not loaded:
-                dev = ensure_dev_certificates(self.certs_dir, self.hostnames, now=now)
+                dev = (
+                    ensure_dev_certificates(self.certs_dir, self.hostnames, now=now)
+                    if self.writes_dev_files
+                    else _existing_dev_certificates(self.certs_dir)
+                )
                 loaded = [load_certificate(dev.cert_path, dev.key_path, now=now)]
         try:
             served = certificate_set(
@@ -142,3 +149,20 @@ class CertificateSource:
             raise CertificateError(
                 f"--key-passphrase-file {self.passphrase_file}: cannot read it ({e.strerror})"
             ) from None
+
+
+def _existing_dev_certificates(certs_dir: Path) -> DevCertificates:
+    """The development files as they are (``writes_dev_files`` off); an error if one is missing."""
+    dev = DevCertificates(
+        ca_cert_path=certs_dir / CA_CERT_NAME,
+        cert_path=certs_dir / LEAF_CERT_NAME,
+        key_path=certs_dir / LEAF_KEY_NAME,
+        messages=(),
+    )
+    for path in (dev.cert_path, dev.key_path):
+        if not path.exists():
+            raise CertificateError(
+                f"the development certificate file {path} is missing; with --workers, the "
+                "supervisor makes it: send it SIGHUP"
+            )
+    return dev

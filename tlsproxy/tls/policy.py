@@ -1,20 +1,20 @@
-"""TLS policy: versions, ciphers, curves, ALPN and sessions for every server context.
+"""TLS policy: versions, ciphers, curves, ALPN and sessions for every front TLS context.
 
-Rules:
+The front's TLS is CPython's ``ssl`` (:mod:`tlsproxy.tls.memorytls`), chosen by measurement over
+Twisted's TLSMemoryBIOProtocol on pyOpenSSL: less Python per record, and idle connections hold
+less memory (docs/benchmarks.md). Rules:
 
 1. TLS 1.2 is the floor; TLS 1.3 is on.
 2. Ciphers are the ECDHE + AEAD part of Twisted's default list, in Twisted's order: forward
    secrecy always, no CBC, no static-RSA key exchange. TLS 1.3 suites are OpenSSL's defaults.
    Key-exchange groups are OpenSSL's defaults (X25519 and P-256 first).
-3. ALPN is always set and always offers http/1.1: with Twisted 26 and pyOpenSSL 26, a context
-   without ALPN answers every client that offers ALPN with an ``internal_error`` alert.
-4. The server session cache is on, so clients resume within one process (no shared ticket keys:
-   pyOpenSSL cannot set them). Stateless tickets stay off, as Twisted defaults, so the TLS 1.2
-   ticket key never outlives forward secrecy.
+3. ALPN is always set and always offers http/1.1 (clients without ALPN speak it).
+4. The server session cache is on, so clients resume within one process (no shared ticket
+   keys). Stateless tickets stay off, so no ticket key outlives forward secrecy.
 5. Idle connections release their record buffers (``SSL_MODE_RELEASE_BUFFERS``).
 6. All of this is decided once per certificate, when the context is built; no Python runs per
-   handshake beyond Twisted's own ALPN callback.
-7. Client certificates (``--client-ca``, stdlib engine only): the context asks every client for
+   handshake beyond the SNI choice (:mod:`tlsproxy.tls.sni`).
+7. Client certificates (``--client-ca``): the context asks every client for
    one and verifies it against those CAs alone (``required``: no certificate, no handshake;
    ``optional``: none is accepted, a bad one never is). See docs/mtls.md.
 """
@@ -24,15 +24,11 @@ from __future__ import annotations
 import os
 import ssl as stdlib_ssl
 import tempfile
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from OpenSSL import SSL, crypto
-from twisted.internet import ssl
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 
 from tlsproxy.tls.certstore import LoadedCertificate
 
@@ -52,22 +48,16 @@ ServerKey = (
 HTTP1_ALPN: tuple[bytes, ...] = (b"http/1.1",)
 HTTP2_ALPN: tuple[bytes, ...] = (b"h2", b"http/1.1")
 
-MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 CIPHER_STRING = (
     "TLS13-AES-256-GCM-SHA384:TLS13-CHACHA20-POLY1305-SHA256:TLS13-AES-128-GCM-SHA256:"
     "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!MD5:!DSS"
 )
-CIPHERS = ssl.AcceptableCiphers.fromOpenSSLCipherString(CIPHER_STRING)
-
-#: The front's TLS engine: "pyopenssl" (Twisted's TLSMemoryBIOProtocol) or "stdlib"
-#: (:mod:`tlsproxy.tls.memorytls`, CPython's ``ssl``), chosen by measurement (bench/run.py).
-TLS_ENGINE = "stdlib"
 
 
 def _checked(
     certificate: LoadedCertificate, alpn: Sequence[bytes]
 ) -> tuple[list[bytes], ServerKey]:
-    """What both engines need first: ALPN with http/1.1 (rule 3) and a key a server can use."""
+    """What a context needs first: ALPN with http/1.1 (rule 3) and a key a server can use."""
     protocols = list(alpn)
     if b"http/1.1" not in protocols:
         raise ValueError(f"ALPN must offer http/1.1, got {protocols!r}")
@@ -75,33 +65,6 @@ def _checked(
     if not isinstance(key, _SERVER_KEY_TYPES):
         raise ValueError(f"no TLS server can use a {type(key).__name__}")  # certstore refuses it
     return protocols, key
-
-
-def server_connection_creator(
-    certificate: LoadedCertificate, *, alpn: Sequence[bytes] = HTTP1_ALPN
-) -> IOpenSSLServerConnectionCreator:
-    """The object TLSMemoryBIOFactory needs, with our policy applied."""
-    protocols, key = _checked(certificate, alpn)
-    options = ssl.CertificateOptions(
-        privateKey=crypto.PKey.from_cryptography_key(key),
-        certificate=crypto.X509.from_cryptography(certificate.leaf),
-        extraCertChain=[crypto.X509.from_cryptography(c) for c in certificate.chain],
-        raiseMinimumTo=MINIMUM_VERSION,
-        acceptableCiphers=CIPHERS,
-        acceptableProtocols=protocols,
-        enableSessions=True,
-    )
-    # Build the SSL context now: a bad pair fails at load (startup, reload), not at the first
-    # handshake, and every connection then shares this context and its session cache. Twisted
-    # hands pyOpenSSL the X509/PKey objects pyOpenSSL 24+ deprecates; that is Twisted's to
-    # change, and it happens once per certificate, here, so say it once in the code, not per run.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Passing pyOpenSSL", category=DeprecationWarning)
-        context = options.getContext()
-    # Idle connections hand their TLS record buffers back to the allocator (nginx does the same):
-    # tens of KiB per idle keep-alive connection otherwise.
-    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
-    return options
 
 
 CLIENT_AUTH_MODES = ("required", "optional")
@@ -114,7 +77,7 @@ def server_ssl_context(
     client_ca: bytes | None = None,
     client_auth: str = "required",
 ) -> stdlib_ssl.SSLContext:
-    """The same policy as :func:`server_connection_creator`, as a stdlib context for MemoryTLS.
+    """The front's TLS context for ``certificate`` (one per certificate; :mod:`tlsproxy.tls.sni`).
 
     Rule 4 here: the session cache is on and stateless tickets are off (``OP_NO_TICKET``), so
     TLS 1.3 "tickets" are cache entries and no ticket key outlives forward secrecy. One ticket

@@ -1,4 +1,4 @@
-"""The certificate for each handshake, chosen by the SNI name the client sent (stdlib engine).
+"""The certificate for each handshake, chosen by the SNI name the client sent.
 
 One ``ssl.SSLContext`` is built per certificate when the set loads, all with the same policy;
 the default's SNI callback moves a handshake to another one by name (:mod:`certset`'s rules).

@@ -1,5 +1,6 @@
-"""``--workers N``: a supervisor process and N worker processes sharing its listeners."""
+"""``--workers N``: a supervisor process (:mod:`.supervisor`) and N worker processes
+(:mod:`.worker`) sharing its listeners.
 
-from tlsproxy.workers.supervisor import Supervisor, build_supervisor
-
-__all__ = ["Supervisor", "build_supervisor"]
+Nothing is imported here: a worker starts as ``python -m tlsproxy.workers`` and needs only
+its own modules, not the supervisor's.
+"""

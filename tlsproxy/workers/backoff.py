@@ -4,9 +4,10 @@ Rules:
 
 1. A worker that ran for a while (``stable`` seconds) and died is replaced after ``first``
    seconds: a crash, not a pattern.
-2. A worker that dies again soon after it started is part of a crash loop: each such death
-   doubles the wait, up to ``maximum``, so a worker that cannot start costs a line in the log
-   now and then, never a busy loop.
+2. A worker that dies soon after it started (a quick death) is part of a crash loop: the first
+   is replaced after ``first`` seconds, and each further one in a row doubles the wait, up to
+   ``maximum``, so a worker that cannot start costs a line in the log now and then, never a
+   busy loop. The streak counts quick deaths only.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ class Backoff:
 
     def after(self, *, streak: int, lived: float) -> tuple[int, float]:
         """A worker died after ``lived`` seconds, ``streak`` quick deaths before it in a row:
-        the new streak, and the seconds to wait before starting its replacement."""
-        streak = 1 if lived >= self.stable else streak + 1
-        return streak, min(self.maximum, self.first * 2 ** (streak - 1))
+        the new streak (0 after a stable run), and the seconds to wait before starting its
+        replacement."""
+        streak = 0 if lived >= self.stable else streak + 1
+        return streak, min(self.maximum, self.first * 2 ** max(0, streak - 1))
 
 
 def describe_exit(reason: Failure) -> str:

@@ -6,11 +6,11 @@ Rules:
    arguments, so it validates and loads exactly what the supervisor did. What it inherits is
    named in one environment variable (:data:`ENVIRONMENT`, JSON): its number and the
    descriptors of the listening sockets the supervisor opened (TLS ones, then --redirect-http
-   ones). No command-line option exists for it.
+   ones), and of the ``--access-log`` file it opened. No command-line option exists for it.
 2. Descriptors: 0 is the control pipe from the supervisor (end of file: the supervisor is gone,
    so the worker drains and exits); 1 is the supervisor's own standard output (``--access-log
    -`` writes there); 2 is piped to the supervisor, line by line; 3 carries the worker's
-   messages; the listening sockets follow from 4.
+   messages; the listening sockets follow from 4, then the access log file.
 3. Messages are JSON objects, one per line, each with an ``event`` name (past tense: something
    happened in the worker). An unreadable line is reported, never fatal.
 4. A worker gets no systemd variables: only the supervisor talks to ``NOTIFY_SOCKET``, and the
@@ -48,21 +48,32 @@ MAX_LINE = 64 * 1024
 
 @dataclass(frozen=True)
 class Inheritance:
-    """What one worker inherits: its number and its listening sockets' descriptors, by kind."""
+    """What one worker inherits: its number and its descriptors, by kind."""
 
     worker: int
     listeners: tuple[int, ...]  # TLS, in the order the supervisor opened them
     redirect_listeners: tuple[int, ...] = ()  # --redirect-http
+    access_log: int | None = None  # --access-log FILE; None: none, or standard output
 
     @classmethod
-    def numbered(cls, worker: int, *, listeners: int, redirect_listeners: int) -> Inheritance:
-        """Descriptors from :data:`FIRST_LISTENER_FD` on: TLS listeners first, then redirects."""
-        fds = range(FIRST_LISTENER_FD, FIRST_LISTENER_FD + listeners + redirect_listeners)
-        return cls(worker, tuple(fds[:listeners]), tuple(fds[listeners:]))
+    def numbered(
+        cls, worker: int, *, listeners: int, redirect_listeners: int, access_log: bool = False
+    ) -> Inheritance:
+        """Descriptors from :data:`FIRST_LISTENER_FD` on: TLS listeners first, then redirects,
+        then the access log."""
+        end = FIRST_LISTENER_FD + listeners + redirect_listeners
+        fds = range(FIRST_LISTENER_FD, end)
+        return cls(
+            worker, tuple(fds[:listeners]), tuple(fds[listeners:]), end if access_log else None
+        )
 
     def child_fds(self, parent_fds: Sequence[int]) -> dict[int, int]:
-        """``childFDs`` for spawnProcess: each descriptor in the worker → the supervisor's."""
-        return dict(zip((*self.listeners, *self.redirect_listeners), parent_fds, strict=True))
+        """``childFDs`` for spawnProcess: each descriptor in the worker → the supervisor's (the
+        listeners', then the access log's)."""
+        mine = (*self.listeners, *self.redirect_listeners)
+        if self.access_log is not None:
+            mine += (self.access_log,)
+        return dict(zip(mine, parent_fds, strict=True))
 
     def encode(self) -> str:
         return json.dumps(
@@ -70,6 +81,7 @@ class Inheritance:
                 "worker": self.worker,
                 "listeners": list(self.listeners),
                 "redirect_listeners": list(self.redirect_listeners),
+                "access_log": self.access_log,
             }
         )
 
@@ -82,6 +94,7 @@ class Inheritance:
                 worker=int(value["worker"]),
                 listeners=tuple(_fd(fd) for fd in value["listeners"]),
                 redirect_listeners=tuple(_fd(fd) for fd in value["redirect_listeners"]),
+                access_log=None if value.get("access_log") is None else _fd(value["access_log"]),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"${ENVIRONMENT} is not a worker's inheritance: {e}") from None
@@ -89,7 +102,7 @@ class Inheritance:
 
 def _fd(value: object) -> int:
     if not isinstance(value, int) or value < FIRST_LISTENER_FD:
-        raise ValueError(f"{value!r} is not an inherited listener descriptor")
+        raise ValueError(f"{value!r} is not an inherited descriptor")
     return value
 
 

@@ -7,13 +7,16 @@ Rules:
 2. A worker's messages and its standard error are read line by line; every line it logs is
    logged again here, prefixed ``worker N:``, at the level the worker gave it.
 3. A worker that dies unexpectedly is logged (pid, status or signal) and replaced after the
-   backoff says (:mod:`.backoff`). While the pool starts (before all N have been ready once),
-   a worker that dies before it was ready would die again: the pool gives up instead
-   (``startup_failed``), and tlsproxy exits.
+   backoff says (:mod:`.backoff`); a worker that cannot even be spawned (EMFILE, EAGAIN from a
+   tasks limit) counts as a quick death. While the pool starts (before all N have been ready
+   once), either would happen again: the pool gives up instead (``startup_failed``), and
+   tlsproxy exits. A reload (:meth:`WorkerPool.respawn_now`) starts the waiting replacements
+   at once, their streak reset: the operator has likely just fixed the files.
 4. Signals go only to workers that said they are ready: before that, a worker has no handler
    and SIGHUP would kill it. A reload asked of a worker still starting is sent once it is ready.
 5. Stopping sends SIGTERM to every worker and waits for each to exit; each honours
    --drain-timeout, and one still there at ``timeout`` is killed.
+6. A worker not serving :data:`SLOW_START` seconds after it was started is logged, once.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ from tlsproxy.workers.channel import (
 
 log = Logger()
 
+#: Seconds after its start a worker that has not said it serves is logged (rule 6).
+SLOW_START = 60.0
+
 
 class PoolEvents(Protocol):
     """What the pool tells its owner (the supervisor)."""
@@ -53,6 +59,7 @@ class PoolEvents(Protocol):
     def worker_reloaded(self, worker: Worker, ok: bool) -> None: ...
     def worker_measured(self, worker: Worker, measured: Measured) -> None: ...
     def worker_ended(self, worker: Worker) -> None: ...
+    def worker_pending(self, number: int) -> None: ...
     def startup_failed(self, reason: str) -> None: ...
 
 
@@ -71,6 +78,7 @@ class Worker(ProcessProtocol):
         self.owed_reload = False  # rule 4
         self.ended = False
         self.last_measured: Measured | None = None
+        self.slow_start: IDelayedCall | None = None  # rule 6
         self._pool = pool
         self._messages = LineBuffer()
         self._errors = LineBuffer()
@@ -147,9 +155,33 @@ class WorkerPool:
         self.workers[number] = worker
         try:
             self._spawn(number, worker)
-        except OSError as e:  # no such interpreter, no fork: nothing else will work either
+        except OSError as e:
             del self.workers[number]
-            self._events.startup_failed(f"cannot start worker {number}: {e}")
+            if not self.complete_once:  # no such interpreter, no fork: nothing else would work
+                self._events.startup_failed(f"cannot start worker {number}: {e}")
+            else:  # out of descriptors or processes for now: rule 3
+                self._replace_later(number, lived=0.0, why=f"could not be started ({e})")
+            return
+        worker.slow_start = self._clock.callLater(SLOW_START, self._slow, worker)
+
+    def _slow(self, worker: Worker) -> None:
+        worker.slow_start = None
+        log.warn(
+            "worker {n} (pid {pid}) has not said it serves {t:g}s after it was started",
+            n=worker.number,
+            pid=worker.pid,
+            t=SLOW_START,
+        )
+
+    def respawn_now(self) -> list[int]:
+        """Start every replacement waiting for its backoff now, streak reset (rule 3)."""
+        waiting = sorted(self._respawns)
+        for number in waiting:
+            self._respawns.pop(number).cancel()
+            self._streaks[number] = 0
+            log.info("reload: starting worker {n} now instead of after its backoff", n=number)
+            self._start(number)
+        return waiting
 
     @property
     def ready(self) -> list[Worker]:
@@ -189,6 +221,7 @@ class WorkerPool:
 
     def _started(self, worker: Worker) -> None:
         worker.ready = True
+        _cancel(worker.slow_start)
         first_time = not self.complete_once
         if len(self.ready) == self.count:
             self.complete_once = True
@@ -200,6 +233,7 @@ class WorkerPool:
             worker.signal("HUP")
 
     def ended(self, worker: Worker, reason: Failure) -> None:
+        _cancel(worker.slow_start)
         if self.workers.get(worker.number) is worker:
             del self.workers[worker.number]
         self._events.worker_ended(worker)
@@ -223,36 +257,38 @@ class WorkerPool:
             )
             return
         lived = self._clock.seconds() - worker.started_at
-        streak, delay = self._backoff.after(streak=self._streaks.get(worker.number, 0), lived=lived)
-        self._streaks[worker.number] = streak
+        self._replace_later(worker.number, lived=lived, why=f"(pid {worker.pid}) {how}")
+
+    def _replace_later(self, number: int, *, lived: float, why: str) -> None:
+        """Worker ``number`` is gone after ``lived`` seconds: its replacement, after the backoff."""
+        streak, delay = self._backoff.after(streak=self._streaks.get(number, 0), lived=lived)
+        self._streaks[number] = streak
         if streak > 1:
+            how_long = f", {lived:.1f}s after it started" if lived else ""
             log.error(
-                "worker {n} (pid {pid}) {how}, {lived:.1f}s after it started; {streak} quick "
-                "deaths in a row: starting another in {delay:g}s",
-                n=worker.number,
-                pid=worker.pid,
-                how=how,
-                lived=lived,
+                "worker {n} {why}{how_long}; {streak} quick deaths in a row: starting another "
+                "in {delay:g}s",
+                n=number,
+                why=why,
+                how_long=how_long,
                 streak=streak,
                 delay=delay,
             )
         else:
             log.error(
-                "worker {n} (pid {pid}) {how}; starting another in {delay:g}s",
-                n=worker.number,
-                pid=worker.pid,
-                how=how,
-                delay=delay,
+                "worker {n} {why}; starting another in {delay:g}s", n=number, why=why, delay=delay
             )
-        self._respawns[worker.number] = self._clock.callLater(delay, self._start, worker.number)
+        self._respawns[number] = self._clock.callLater(delay, self._start, number)
+        self._events.worker_pending(number)
 
     def stop(self, *, timeout: float) -> defer.Deferred[None]:
         """SIGTERM to every worker; fires once all have exited (rule 5)."""
         self.stopping = True
         for call in self._respawns.values():
-            if call.active():
-                call.cancel()
+            _cancel(call)
         self._respawns.clear()
+        for worker in self.workers.values():
+            _cancel(worker.slow_start)
         self._stopped = defer.Deferred()
         if not self.workers:
             self._stopped.callback(None)
@@ -271,3 +307,8 @@ class WorkerPool:
                 pid=worker.pid,
             )
             worker.signal("KILL")
+
+
+def _cancel(call: IDelayedCall | None) -> None:
+    if call is not None and call.active():
+        call.cancel()

@@ -8,21 +8,31 @@ Rules:
    only the supervisor talks to systemd and serves ``--metrics-listen``.
 2. It never accepts a connection: its listening sockets stop reading as soon as they open; the
    workers inherit and adopt them (:mod:`.channel`), each TCP listener as one socket per worker
-   (:mod:`.reuseport`), others as one shared socket.
+   (:mod:`.reuseport`; a dead worker's socket leaves the group until its replacement starts),
+   others as one shared socket. The ``--access-log`` file is opened here too, as a single
+   tlsproxy opens it, and inherited by the workers.
 3. SIGHUP (and ``--watch-certs``) reach every worker, which reloads with the usual rules;
    systemd hears ``RELOADING=1``, then ``READY=1`` once every worker has answered (or
-   :data:`RELOAD_TIMEOUT` passed). SIGTERM and SIGINT close the supervisor's copies of the
-   listeners (new connections are refused), send SIGTERM to every worker, and exit 0 once all
-   have drained and exited.
+   :data:`RELOAD_TIMEOUT` passed), and one line sums the answers up. Replacements waiting for
+   their backoff start at once. A reload asked for while tlsproxy starts is owed: it follows
+   ``READY=1``. SIGTERM and SIGINT close the supervisor's copies of the listeners (new
+   connections are refused), send SIGTERM to every worker, and exit 0 once all have drained
+   and exited.
 4. ``READY=1`` and the banner come once every worker is serving; ``STATUS=`` counts them.
 5. The metrics page is the sum of the workers' latest counters (sent once a second), plus
-   what workers that have exited had counted, so counters never go down.
+   what workers that have exited had counted, so counters never go down; the certificates are
+   every one some worker serves.
+6. Only the supervisor writes the development certificate (workers load it as it is): it makes
+   or renews it before it forwards a reload and before it starts a replacement, so N workers
+   never race to rewrite it.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from twisted.application.service import Service
@@ -31,6 +41,7 @@ from twisted.internet.interfaces import IDelayedCall, IProcessTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+from tlsproxy.accesslog import open_for_appending
 from tlsproxy.config import Config
 from tlsproxy.lifecycle import CertificateWatcher, ReloadSignal, exit_cleanly, exit_with_status
 from tlsproxy.listen import ListenError, listen_all, listen_metrics, url_of
@@ -42,12 +53,13 @@ from tlsproxy.workers.channel import (
     ERRORS_FD,
     MESSAGES_FD,
     OUTPUT_FD,
+    Expiry,
     Inheritance,
     Measured,
     worker_environment,
 )
 from tlsproxy.workers.pool import Spawn, Worker, WorkerPool
-from tlsproxy.workers.reuseport import ReusePortReactor, reuses_port, siblings
+from tlsproxy.workers.reuseport import ListenerGroup, ReusePortReactor
 
 log = Logger()
 
@@ -68,7 +80,7 @@ class _NeverAccepting(Factory):
 
 
 class Supervisor(Service):
-    """Opens the listeners, keeps N workers serving them, and speaks for them (rules 1-5)."""
+    """Opens the listeners, keeps N workers serving them, and speaks for them (rules 1-6)."""
 
     def __init__(
         self,
@@ -90,7 +102,9 @@ class Supervisor(Service):
         self.ports: list[Any] = []
         self.redirect_ports: list[Any] = []
         self.metrics_port: Any = None
-        self._groups: list[list[Any]] = []  # per listener: its sockets (:mod:`.reuseport`)
+        self.groups: list[ListenerGroup] = []  # per listener: its sockets (:mod:`.reuseport`)
+        self._urls: list[str] = []
+        self.access_log_fd: int | None = None  # --access-log FILE, for the workers (rule 2)
         self.pool = WorkerPool(
             count=config.workers, clock=reactor, spawn=spawn or self._spawn, events=self
         )
@@ -108,7 +122,10 @@ class Supervisor(Service):
             else None
         )
         self._reloading: set[Worker] = set()
+        self._reload_answers: list[bool] = []
         self._reload_deadline: IDelayedCall | None = None
+        self._reload_owed = False  # asked for while starting (rule 3)
+        self._renewal_failed: str | None = None  # rule 6, said once
         self._retired: Mapping[str, Any] = {}  # counts of workers that have exited (rule 5)
         self.failed = False
 
@@ -127,20 +144,29 @@ class Supervisor(Service):
         except ListenError as e:
             print(f"tlsproxy: error: {e}", file=sys.__stderr__)
             raise SystemExit(2) from None
-        more = self.config.workers - 1
-        self._groups = [
-            [port, *siblings(self._reactor, port, more, never)] if reuses_port(port) else [port]
+        self._urls = [url_of(port) for port in self.ports]
+        workers = self.config.workers
+        self.groups = [
+            ListenerGroup.of(self._reactor, port, workers, never)
             for port in self.ports + self.redirect_ports
         ]
-        for group in self._groups:
-            for port in group:
-                port.stopReading()
+        for group in self.groups:
+            for port in group.open:
+                port.stopReading()  # type: ignore[attr-defined]
+        log_path = self.config.access_log
+        if log_path is not None and log_path != "-":  # standard output is inherited anyway
+            self.access_log_fd = open_for_appending(log_path)  # as a single tlsproxy opens it
         super().privilegedStartService()  # type: ignore[no-untyped-call]
 
     def _spawn(self, number: int, worker: Worker) -> IProcessTransport:
         """Start worker ``number``: the user's arguments, the listeners, the pipes."""
+        if self.pool.complete_once:
+            self._renew_certificates()  # a replacement reads them (rule 6)
         inherited = Inheritance.numbered(
-            number, listeners=len(self.ports), redirect_listeners=len(self.redirect_ports)
+            number,
+            listeners=len(self.ports),
+            redirect_listeners=len(self.redirect_ports),
+            access_log=self.access_log_fd is not None,
         )
         fds: dict[int, int | str] = {
             CONTROL_FD: "w",
@@ -149,17 +175,31 @@ class Supervisor(Service):
             MESSAGES_FD: "r",
         }
         # A worker's own socket of each SO_REUSEPORT group, or the one socket all share.
-        mine = [group[(number - 1) % len(group)] for group in self._groups]
-        fds.update(inherited.child_fds([port.fileno() for port in mine]))
-        process: IProcessTransport = self._reactor.spawnProcess(
-            worker,
-            self._executable,
-            [self._executable, "-m", "tlsproxy.workers", *self.arguments],
-            env=worker_environment(self._environ, inherited),
-            path=self._cwd,
-            childFDs=fds,
-        )
+        mine: list[Any] = [group.port_for(number) for group in self.groups]
+        parent_fds = [port.fileno() for port in mine]
+        if self.access_log_fd is not None:
+            parent_fds.append(self.access_log_fd)
+        fds.update(inherited.child_fds(parent_fds))
+        try:
+            process: IProcessTransport = self._reactor.spawnProcess(
+                worker,
+                self._executable,
+                # -P: not the current directory first on sys.path, where a json.py would run as
+                # the worker (python -m puts it there).
+                [self._executable, "-P", "-m", "tlsproxy.workers", *self.arguments],
+                env=worker_environment(self._environ, inherited),
+                path=self._cwd,
+                childFDs=fds,
+            )
+        except OSError:
+            self.worker_pending(number)
+            raise
         return process
+
+    def worker_pending(self, number: int) -> None:
+        """Worker slot ``number`` has no process for now: its sockets leave their groups."""
+        for group in self.groups:
+            group.withdraw(number)
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -171,11 +211,15 @@ class Supervisor(Service):
         self.pool.start()
 
     def worker_started(self, worker: Worker, *, first_time: bool) -> None:
+        # A group keeps its last socket even when its worker is gone; it has a worker again.
+        for number in range(1, self.pool.count + 1):
+            if number not in self.pool.workers:
+                self.worker_pending(number)
         if first_time and self.pool.complete_once:
             self._all_started()
 
     def _all_started(self) -> None:
-        """Every worker serves (rule 4): the banner, and READY=1."""
+        """Every worker serves (rule 4): the banner, and READY=1; then an owed reload."""
         pids = ", ".join(str(w.pid) for w in sorted(self.pool.ready, key=lambda w: w.number))
         lines = ProxyService.banner(
             self.config,
@@ -191,6 +235,9 @@ class Supervisor(Service):
         for line in lines:
             log.info("{line}", line=line)
         self.notifier.ready()
+        if self._reload_owed:
+            self._reload_owed = False
+            self.reload()
 
     def worker_measured(self, worker: Worker, measured: Measured) -> None:
         pass  # the pool keeps each worker's latest; a scrape sums them
@@ -214,23 +261,47 @@ class Supervisor(Service):
         else:
             self._reactor.callWhenRunning(self._reactor.stop)
 
-    # -- reload (rule 3) -------------------------------------------------------------------------
+    # -- reload (rules 3, 6) ---------------------------------------------------------------------
 
     def reload(self) -> None:
-        """SIGHUP: every serving worker reloads its certificates."""
+        """SIGHUP: every serving worker reloads its certificates; waiting ones start."""
         if self.pool.stopping:
             return
+        if not self.pool.complete_once:
+            if not self._reload_owed:
+                log.info("reload asked for while starting: it follows once every worker serves")
+            self._reload_owed = True
+            return
+        self._renew_certificates()
         self.notifier.reloading()
         self._reloading = set(self.pool.signal("HUP"))
+        self._reload_answers = []
         log.info("reloading certificates in {n} worker(s)", n=len(self._reloading))
         if self._reload_deadline is not None and self._reload_deadline.active():
             self._reload_deadline.cancel()
         self._reload_deadline = self._reactor.callLater(RELOAD_TIMEOUT, self._reload_ended)
+        self.pool.respawn_now()  # after the signal: they load the files as they are now
         if not self._reloading:
             self._reload_ended()
 
+    def _renew_certificates(self) -> None:
+        """Make or renew the development certificate if it is the one served (rule 6)."""
+        source = self.config.certificate_source
+        if source is None or source.pairs:
+            return
+        try:
+            source.load(now=datetime.fromtimestamp(self._reactor.seconds(), UTC))
+        except (ValueError, OSError) as e:  # the workers load the same files and say why too
+            if str(e) != self._renewal_failed:
+                log.warn("cannot check the certificates for the workers: {e}", e=e)
+            self._renewal_failed = str(e)
+        else:
+            self._renewal_failed = None
+
     def worker_reloaded(self, worker: Worker, ok: bool) -> None:
-        self._reloading.discard(worker)
+        if worker in self._reloading:
+            self._reloading.discard(worker)
+            self._reload_answers.append(ok)
         if not self._reloading and self._reload_deadline is not None:
             self._reload_ended()
 
@@ -238,6 +309,7 @@ class Supervisor(Service):
         if self._reload_deadline is not None and self._reload_deadline.active():
             self._reload_deadline.cancel()
         self._reload_deadline = None
+        asked = len(self._reload_answers) + len(self._reloading)
         if self._reloading:
             log.warn(
                 "{n} worker(s) did not answer the reload within {t:g}s",
@@ -245,6 +317,16 @@ class Supervisor(Service):
                 t=RELOAD_TIMEOUT,
             )
             self._reloading = set()
+        failed = asked - self._reload_answers.count(True)
+        if failed:
+            log.error(
+                "reload failed in {failed} of {asked} workers (their lines say why); "
+                "they serve the previous certificates",
+                failed=failed,
+                asked=asked,
+            )
+        elif asked:
+            log.info("reloaded in {asked} of {asked} workers", asked=asked)
         self.notifier.ready()
 
     # -- metrics and status (rules 4, 5) ---------------------------------------------------------
@@ -254,13 +336,13 @@ class Supervisor(Service):
         reports = [w.last_measured for w in self.pool.workers.values() if w.last_measured]
         counters = total([self._retired, *(r.counters for r in reports)])
         certificates: Sequence[Any] = (
-            reports[0].certificates if reports else self.config.certificates.certificates
+            served_certificates(reports) if reports else self.config.certificates.certificates
         )
         return render(counters, self._reactor.seconds(), certificates)
 
     def status(self) -> str:
         """The one line ``systemctl status`` shows."""
-        where = ", ".join(url_of(port) for port in self.ports) or "nothing"
+        where = ", ".join(self._urls) or "nothing"
         reports = [w.last_measured for w in self.pool.workers.values() if w.last_measured]
         connections = sum(int(r.counters.get("connections_open", 0)) for r in reports)
         return (
@@ -276,8 +358,8 @@ class Supervisor(Service):
         if self._watcher is not None:
             self._watcher.stop()
         # The workers stop accepting too; once every copy is closed, connections are refused.
-        stopped = [
-            defer.maybeDeferred(port.stopListening) for group in self._groups for port in group
+        stopped: list[defer.Deferred[Any]] = [
+            defer.maybeDeferred(port.stopListening) for group in self.groups for port in group.open
         ]
         if self.metrics_port is not None:
             stopped.append(defer.maybeDeferred(self.metrics_port.stopListening))
@@ -287,8 +369,20 @@ class Supervisor(Service):
     def _stopped(self, _: object) -> None:
         self._reload_signal.uninstall()
         self.notifier.close()
+        if self.access_log_fd is not None:
+            os.close(self.access_log_fd)
+            self.access_log_fd = None
         if not self.failed:
             exit_cleanly(self._reactor)
+
+
+def served_certificates(reports: Sequence[Measured]) -> list[Expiry]:
+    """Every certificate some worker serves, once each by fingerprint, in the order seen."""
+    seen: dict[str, Expiry] = {}
+    for report in reports:
+        for certificate in report.certificates:
+            seen.setdefault(certificate.fingerprint_sha256, certificate)
+    return list(seen.values())
 
 
 def build_supervisor(

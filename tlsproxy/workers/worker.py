@@ -4,8 +4,9 @@ Rules:
 
 1. A worker builds its configuration from the same arguments as the supervisor (so it loads
    the same certificates with the same checks), then keeps only what is a worker's: it adopts
-   the inherited listeners, leaves ``--metrics-listen``, ``--watch-certs`` and systemd to the
-   supervisor, and prints no banner.
+   the inherited listeners and access log file, leaves ``--metrics-listen``, ``--watch-certs``
+   and systemd to the supervisor, and prints no banner. It never writes the development
+   certificate (at startup or on reload): it loads it as the supervisor left it.
 2. Everything a worker has to tell goes to the supervisor as messages (:mod:`.channel`): that it
    is serving, how each reload went, its counters once a second, and every log event.
 3. SIGTERM drains the worker as it drains a single tlsproxy. The end of the control pipe (the
@@ -31,6 +32,7 @@ from twisted.logger import ILogObserver, LogEvent, eventAsText, globalLogBeginne
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tlsproxy.accesslog import LineFile
 from tlsproxy.config import Config, build_config
 from tlsproxy.configerror import ConfigError
 from tlsproxy.listenoptions import Listener
@@ -112,11 +114,28 @@ def worker_config(config: Config, inherited: Inheritance) -> Config:
     )
 
 
+def adopt_access_log(values: dict[str, Any], inherited: Inheritance) -> LineFile | None:
+    """The ``--access-log`` file the supervisor opened, if any; ``values`` (the options) then
+    name no file, which this user might not be allowed to open."""
+    if inherited.access_log is None:
+        return None
+    # "-" keeps --access-log-format valid; the lines go to the inherited file, not to stdout.
+    values["access_log"] = "-"
+    return LineFile(inherited.access_log)
+
+
 class WorkerService(ProxyService):
     """The proxy, reporting to its supervisor (rule 2)."""
 
-    def __init__(self, config: Config, *, reactor: Any, messages: MessageWriter) -> None:
-        super().__init__(config, reactor=reactor)
+    def __init__(
+        self,
+        config: Config,
+        *,
+        reactor: Any,
+        messages: MessageWriter,
+        log_stream: LineFile | None = None,
+    ) -> None:
+        super().__init__(config, reactor=reactor, log_stream=log_stream)
         self._messages = messages
         self._report = LoopingCall(self.report)
         self._report.clock = reactor
@@ -195,14 +214,19 @@ def main(argv: list[str], environ: Mapping[str, str]) -> int:
     options = Options()
     options.parseOptions(argv)  # the supervisor parsed the same: this cannot fail
     values = {name.replace("-", "_"): value for name, value in options.items()}
+    log_stream = adopt_access_log(values, inherited)
     try:
-        config = build_config(values, now=datetime.now(UTC), environ=environ)
+        config = build_config(
+            values, now=datetime.now(UTC), environ=environ, write_dev_certificates=False
+        )
     except ConfigError as e:  # the files changed since the supervisor read them
         print(f"tlsproxy: error: {e}", file=sys.stderr)
         return 2
     from twisted.internet import reactor  # noqa: PLC0415 (the default reactor, installed here)
 
-    service = WorkerService(worker_config(config, inherited), reactor=reactor, messages=messages)
+    service = WorkerService(
+        worker_config(config, inherited), reactor=reactor, messages=messages, log_stream=log_stream
+    )
     service.privilegedStartService()
     reactor.callWhenRunning(service.startService)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

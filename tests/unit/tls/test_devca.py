@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tests.certfactory import NOW, make_ca, make_leaf, write_pair
-from tests.unit.tls.conftest import OpenSSL, handshake
+from tests.unit.tls.conftest import OpenSSL
+from tests.unit.tls.test_memorytls import TLSPair
 from tlsproxy.tls.certstore import CertificateError, load_certificate
 from tlsproxy.tls.devca import (
     DevCertificates,
@@ -23,7 +24,7 @@ from tlsproxy.tls.devca import (
     ensure_dev_certificates,
     trust_instructions,
 )
-from tlsproxy.tls.policy import server_connection_creator
+from tlsproxy.tls.policy import server_ssl_context
 
 
 def read_cert(path: Path) -> x509.Certificate:
@@ -264,12 +265,14 @@ def test_python_client_trusting_ca_pem_verifies_the_served_leaf(tmp_path: Path, 
     """A Python client given only ca.pem completes a verified handshake for each leaf name."""
     now = datetime.now(UTC)
     made = ensure_dev_certificates(tmp_path / "certs", ["app.test"], now=now)
-    creator = server_connection_creator(load_certificate(made.cert_path, made.key_path, now=now))
+    server = server_ssl_context(load_certificate(made.cert_path, made.key_path, now=now))
     context = ssl.create_default_context(cafile=str(made.ca_cert_path))
 
-    result = handshake(creator, context, server_hostname=name)
+    pair = TLSPair.connect(server, context, server_hostname=name)
+    pair.pump()
 
-    assert result.error is None
+    assert pair.error is None
+    assert pair.client.version() is not None  # the handshake completed
 
 
 # --- later runs ------------------------------------------------------------------------------

@@ -106,6 +106,7 @@ class TLSPair:
         app: Protocol | None = None,
         session: ssl.SSLSession | None = None,
         plain_answer: bytes = PLAIN_ANSWER,
+        server_hostname: str = "localhost",
     ) -> TLSPair:
         """Connect (no handshake yet): the server's application is ``app`` or a new ``App``."""
         wrapped = Factory.forProtocol(lambda: app if app is not None else App())
@@ -115,7 +116,9 @@ class TLSPair:
         tcp = CountingTransport()
         server.makeConnection(tcp)  # type: ignore[no-untyped-call]
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        client = context.wrap_bio(incoming, outgoing, server_hostname="localhost", session=session)
+        client = context.wrap_bio(
+            incoming, outgoing, server_hostname=server_hostname, session=session
+        )
         return cls(server, tcp, client, incoming, outgoing)
 
     @property
@@ -138,7 +141,7 @@ class TLSPair:
             except ssl.SSLWantReadError:
                 pass
             except ssl.SSLError as e:
-                self.error = e
+                self.error = self.error or e  # the first error says why; later ones follow from it
             moved = False
             if sent := self.outgoing.read():
                 self.server.dataReceived(sent)

@@ -15,9 +15,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from OpenSSL import SSL
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-from twisted.internet.ssl import CertificateOptions
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from tests.certfactory import (
@@ -31,10 +28,10 @@ from tests.certfactory import (
     write_pair,
     write_pem,
 )
-from tests.unit.tls.conftest import client_context, handshake
+from tests.unit.tls.conftest import client_context
 from tests.unit.tls.test_memorytls import TLSPair
 from tlsproxy.tls.certstore import LoadedCertificate, load_certificate
-from tlsproxy.tls.policy import HTTP2_ALPN, server_connection_creator, server_ssl_context
+from tlsproxy.tls.policy import HTTP2_ALPN, server_ssl_context
 
 NOW = datetime.now(UTC)
 
@@ -51,200 +48,11 @@ def ecdsa(ca: Issued, tmp_path_factory: pytest.TempPathFactory) -> LoadedCertifi
     return load_certificate(*write_pair(directory, make_leaf(ca, now=NOW)), now=NOW)
 
 
-@pytest.fixture(scope="module")
-def creator(ecdsa: LoadedCertificate) -> IOpenSSLServerConnectionCreator:
-    return server_connection_creator(ecdsa)
-
-
 TLS12 = (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2)
 TLS13 = (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_3)
 
 
-def test_creator_provides_the_interface(creator: IOpenSSLServerConnectionCreator) -> None:
-    """What we return is what TLSMemoryBIOFactory and listeners need."""
-    assert IOpenSSLServerConnectionCreator.providedBy(creator)
-
-
-@pytest.mark.parametrize(("versions", "name"), [(TLS12, "TLSv1.2"), (TLS13, "TLSv1.3")])
-def test_tls12_and_tls13_handshakes_succeed(
-    creator: IOpenSSLServerConnectionCreator,
-    ca: Issued,
-    versions: tuple[ssl.TLSVersion, ssl.TLSVersion],
-    name: str,
-) -> None:
-    """A verifying client completes TLS 1.2 and TLS 1.3 handshakes."""
-    result = handshake(creator, client_context(ca, versions=versions))
-
-    assert result.error is None
-    assert result.client.version() == name
-
-
-@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
-def test_tls11_client_is_refused(creator: IOpenSSLServerConnectionCreator, ca: Issued) -> None:
-    """A client that can only do TLS 1.1 gets a protocol_version alert and is disconnected."""
-    context = client_context(
-        ca,
-        versions=(ssl.TLSVersion.TLSv1_1, ssl.TLSVersion.TLSv1_1),
-        ciphers="DEFAULT:@SECLEVEL=0",  # let the client itself offer TLS 1.1
-    )
-
-    result = handshake(creator, context)
-
-    assert result.error is not None
-    assert "PROTOCOL_VERSION" in str(result.error).upper()
-    assert result.server_disconnected
-
-
-def test_context_itself_disables_tls10_and_tls11(ecdsa: LoadedCertificate) -> None:
-    """The floor is our setting, not only OpenSSL's security level: TLS 1.0/1.1 are switched off."""
-    creator = server_connection_creator(ecdsa)  # fresh: a used context refuses set_options
-    assert isinstance(creator, CertificateOptions)
-
-    options = creator.getContext().set_options(0)  # adds nothing, returns the current mask
-
-    assert options & SSL.OP_NO_TLSv1
-    assert options & SSL.OP_NO_TLSv1_1
-    assert not options & SSL.OP_NO_TLSv1_2
-
-
-def test_tls12_offers_only_ecdhe_aead_ciphers(
-    creator: IOpenSSLServerConnectionCreator, ca: Issued
-) -> None:
-    """A TLS 1.2 client offering only static-RSA or CBC suites finds no shared cipher."""
-    context = client_context(ca, versions=TLS12, ciphers="AES128-SHA:ECDHE-ECDSA-AES128-SHA")
-
-    result = handshake(creator, context)
-
-    assert result.error is not None
-    assert result.server_disconnected
-
-
-def test_tls12_picks_an_ecdhe_aead_cipher(
-    creator: IOpenSSLServerConnectionCreator, ca: Issued
-) -> None:
-    """The negotiated TLS 1.2 suite has forward secrecy and an AEAD."""
-    result = handshake(creator, client_context(ca, versions=TLS12))
-
-    cipher = result.client.cipher()
-    assert cipher is not None
-    assert cipher[0].startswith("ECDHE-ECDSA-")
-    assert "GCM" in cipher[0] or "CHACHA20" in cipher[0]
-
-
-def test_alpn_http11_is_negotiated(creator: IOpenSSLServerConnectionCreator, ca: Issued) -> None:
-    """A client offering http/1.1 by ALPN gets it, on both ends."""
-    result = handshake(creator, client_context(ca, alpn=["http/1.1"]))
-
-    assert result.error is None
-    assert result.client.selected_alpn_protocol() == "http/1.1"
-    assert result.server.negotiatedProtocol == b"http/1.1"
-
-
-def test_alpn_h2_offer_gets_http11_not_internal_error(
-    creator: IOpenSSLServerConnectionCreator, ca: Issued
-) -> None:
-    """A browser-like offer of h2, http/1.1 gets http/1.1 (no internal_error alert)."""
-    result = handshake(creator, client_context(ca, alpn=["h2", "http/1.1"]))
-
-    assert result.error is None
-    assert result.client.selected_alpn_protocol() == "http/1.1"
-
-
-def test_client_without_alpn_connects(creator: IOpenSSLServerConnectionCreator, ca: Issued) -> None:
-    """A client that does not use ALPN still connects; no protocol is selected."""
-    result = handshake(creator, client_context(ca))
-
-    assert result.error is None
-    assert result.client.selected_alpn_protocol() is None
-
-
-def test_h2_alpn_prefers_h2(ecdsa: LoadedCertificate, ca: Issued) -> None:
-    """With alpn=(h2, http/1.1), a client offering both gets h2."""
-    result = handshake(
-        server_connection_creator(ecdsa, alpn=HTTP2_ALPN),
-        client_context(ca, alpn=["h2", "http/1.1"]),
-    )
-
-    assert result.client.selected_alpn_protocol() == "h2"
-
-
-def test_alpn_without_http11_is_refused(ecdsa: LoadedCertificate) -> None:
-    """http/1.1 must always be offered: a policy without it is a programming error."""
-    with pytest.raises(ValueError, match=r"http/1\.1"):
-        server_connection_creator(ecdsa, alpn=(b"h2",))
-
-
-@pytest.mark.parametrize("versions", [TLS12, TLS13])
-def test_rsa_certificate_serves(
-    ca: Issued, tmp_path: Path, versions: tuple[ssl.TLSVersion, ssl.TLSVersion]
-) -> None:
-    """An RSA 2048 leaf serves over TLS 1.2 (ECDHE-RSA) and TLS 1.3."""
-    leaf = load_certificate(
-        *write_pair(tmp_path, make_leaf(ca, key=rsa_key(2048), now=NOW)), now=NOW
-    )
-
-    result = handshake(server_connection_creator(leaf), client_context(ca, versions=versions))
-
-    assert result.error is None
-    cipher = result.client.cipher()
-    assert cipher is not None
-    if versions == TLS12:
-        assert cipher[0].startswith("ECDHE-RSA-")
-
-
-def test_intermediate_chain_is_sent(tmp_path: Path) -> None:
-    """A client trusting only the root verifies a leaf whose intermediate is in the cert file."""
-    root = make_ca("Root", now=NOW)
-    intermediate = make_ca("Intermediate", issuer=root, now=NOW)
-    loaded = load_certificate(
-        *write_pair(tmp_path, make_leaf(intermediate, now=NOW), intermediate.cert), now=NOW
-    )
-
-    result = handshake(server_connection_creator(loaded), client_context(root))
-
-    assert result.error is None
-
-
-def test_wrong_name_fails_client_verification(
-    creator: IOpenSSLServerConnectionCreator, ca: Issued
-) -> None:
-    """Sanity for the harness: the client really verifies (another hostname fails)."""
-    result = handshake(creator, client_context(ca), server_hostname="other.test")
-
-    assert result.error is not None
-    assert "CERTIFICATE_VERIFY_FAILED" in str(result.error)
-
-
-@pytest.mark.parametrize("versions", [TLS12, TLS13])
-def test_sessions_resume_within_one_process(
-    creator: IOpenSSLServerConnectionCreator,
-    ca: Issued,
-    versions: tuple[ssl.TLSVersion, ssl.TLSVersion],
-) -> None:
-    """A client reconnecting with its session resumes it (server-side session cache)."""
-    context = client_context(ca, versions=versions)
-    first = handshake(creator, context)
-    assert first.error is None
-    assert not first.client.session_reused
-
-    second = handshake(creator, context, session=first.client.session)
-
-    assert second.error is None
-    assert second.client.session_reused
-
-
-def test_each_certificate_gets_its_own_session_cache(ecdsa: LoadedCertificate, ca: Issued) -> None:
-    """A session from one creator does not resume on another (session ID contexts differ)."""
-    context = client_context(ca, versions=TLS12)
-    first = handshake(server_connection_creator(ecdsa), context)
-
-    second = handshake(server_connection_creator(ecdsa), context, session=first.client.session)
-
-    assert second.error is None
-    assert not second.client.session_reused
-
-
-# -- server_ssl_context: the same policy for the stdlib engine (MemoryTLS) ------------------------
+# -- server_ssl_context: the front's TLS policy, through MemoryTLS ---------------------------
 
 
 @pytest.fixture(scope="module")
@@ -277,18 +85,49 @@ def test_stdlib_context_sets_the_policy(stdlib_context: ssl.SSLContext) -> None:
     assert context.verify_mode == ssl.CERT_NONE  # no client certificates
 
 
-def test_stdlib_context_has_the_pyopenssl_contexts_tls12_ciphers(
-    stdlib_context: ssl.SSLContext, creator: IOpenSSLServerConnectionCreator
-) -> None:
-    """Both engines offer the same TLS 1.2 suites, from the one cipher string."""
-    assert isinstance(creator, CertificateOptions)
-    connection = SSL.Connection(creator.getContext(), None)
-    pyopenssl = [name for name in connection.get_cipher_list() if not name.startswith("TLS_")]
-
+def test_stdlib_tls12_ciphers_are_ecdhe_aead_only(stdlib_context: ssl.SSLContext) -> None:
+    """Every TLS 1.2 suite offered has forward secrecy and an AEAD (rule 2)."""
     stdlib = [c["name"] for c in stdlib_context.get_ciphers() if c["protocol"] == "TLSv1.2"]
 
-    assert stdlib == pyopenssl
+    assert stdlib
     assert all(name.startswith("ECDHE-") for name in stdlib)
+    assert all("GCM" in name or "CHACHA20" in name for name in stdlib)
+
+
+def test_stdlib_tls12_picks_an_ecdhe_aead_cipher(
+    stdlib_context: ssl.SSLContext, ca: Issued
+) -> None:
+    pair = stdlib_handshake(stdlib_context, client_context(ca, versions=TLS12))
+
+    cipher = pair.client.cipher()
+    assert cipher is not None
+    assert cipher[0].startswith("ECDHE-ECDSA-")
+
+
+def test_stdlib_client_without_alpn_connects(stdlib_context: ssl.SSLContext, ca: Issued) -> None:
+    """A client that does not use ALPN still connects; no protocol is selected."""
+    pair = stdlib_handshake(stdlib_context, client_context(ca))
+
+    assert pair.error is None
+    assert pair.client.selected_alpn_protocol() is None
+
+
+def test_alpn_without_http11_is_refused(ecdsa: LoadedCertificate) -> None:
+    """http/1.1 must always be offered: a policy without it is a programming error (rule 3)."""
+    with pytest.raises(ValueError, match=r"http/1\.1"):
+        server_ssl_context(ecdsa, alpn=(b"h2",))
+
+
+def test_stdlib_wrong_name_fails_client_verification(
+    stdlib_context: ssl.SSLContext, ca: Issued
+) -> None:
+    """Sanity for the harness: the client really verifies (another hostname fails)."""
+    client = client_context(ca)
+    pair = TLSPair.connect(stdlib_context, client, server_hostname="other.test")
+    pair.pump()
+
+    assert pair.error is not None
+    assert "CERTIFICATE_VERIFY_FAILED" in str(pair.error)
 
 
 @pytest.mark.parametrize(("versions", "name"), [(TLS12, "TLSv1.2"), (TLS13, "TLSv1.3")])

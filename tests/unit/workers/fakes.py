@@ -3,13 +3,20 @@
 :class:`Spawner` is a :data:`tlsproxy.workers.pool.Spawn`: instead of a process, each worker
 protocol is connected to a :class:`FakeProcess`, which records the signals it is sent. Tests
 play the worker's side with :func:`say` (a message on its pipe) and :func:`end` (its exit).
+:class:`SpawningReactor` does the same one level lower, for the supervisor's own spawning:
+``spawnProcess`` records its arguments, and ``listenTCP`` gives :class:`FakePort` sockets.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -49,6 +56,71 @@ class Spawner:
 
     def process(self, pid: int) -> FakeProcess:
         return next(p for _, _, p in self.started if p.pid == pid)
+
+
+@implementer(IListeningPort)
+@dataclass
+class FakePort:
+    """A listening socket the supervisor holds: its descriptor, whether it listens and reads."""
+
+    fd: int
+    listening: bool = True
+    reading: bool = True
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def startListening(self) -> None:
+        self.listening = True
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def stopListening(self) -> None:
+        self.listening = False
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 8443)
+
+
+@dataclass
+class Spawned:
+    """One ``spawnProcess`` call: what the worker was started with."""
+
+    args: list[str]
+    env: dict[str, str]
+    child_fds: dict[int, int | str]
+    worker: Worker
+    process: FakeProcess
+
+
+class SpawningReactor(MemoryReactorClock):
+    """A reactor that starts fake processes (pids 100, 101, ...) and listens on fake ports."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.spawned: list[Spawned] = []
+        self.fail_with: OSError | None = None
+        self._fds = itertools.count(1000)
+
+    def spawnProcess(  # noqa: PLR0917 (Twisted's signature)
+        self,
+        worker: Worker,
+        executable: str,
+        args: list[str],
+        env: dict[str, str],
+        path: str,
+        childFDs: dict[int, int | str],  # noqa: N803 (Twisted's)
+    ) -> FakeProcess:
+        if self.fail_with is not None:
+            raise self.fail_with
+        process = FakeProcess(100 + len(self.spawned))
+        worker.makeConnection(process)  # type: ignore[no-untyped-call]
+        self.spawned.append(Spawned(args, env, childFDs, worker, process))
+        return process
+
+    def listenTCP(self, port: Any, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        return FakePort(next(self._fds))
 
 
 def say(worker: Worker, *messages: Message) -> None:

@@ -10,11 +10,20 @@ from tlsproxy.workers.backoff import Backoff, describe_exit
 
 
 def test_a_worker_that_ran_a_while_is_replaced_after_the_first_delay() -> None:
-    """Dying after ``stable`` seconds is a crash, not a loop: streak 1, the first delay, even
-    after earlier quick deaths."""
+    """Dying after ``stable`` seconds is a crash, not a loop: no quick death counted (streak
+    0), the first delay, even after earlier quick deaths."""
     backoff = Backoff(first=0.5, maximum=30.0, stable=10.0)
-    assert backoff.after(streak=0, lived=3600.0) == (1, 0.5)
-    assert backoff.after(streak=5, lived=10.0) == (1, 0.5)
+    assert backoff.after(streak=0, lived=3600.0) == (0, 0.5)
+    assert backoff.after(streak=5, lived=10.0) == (0, 0.5)
+
+
+def test_the_streak_counts_quick_deaths_only() -> None:
+    """A stable worker killed, then its replacement dying at once: one quick death in a row,
+    not two (the log line says how many)."""
+    backoff = Backoff(first=0.5, maximum=30.0, stable=10.0)
+    streak, _ = backoff.after(streak=0, lived=3600.0)
+    assert backoff.after(streak=streak, lived=0.3) == (1, 0.5)
+    assert backoff.after(streak=1, lived=0.3) == (2, 1.0)
 
 
 def test_quick_deaths_in_a_row_double_the_delay_up_to_the_maximum() -> None:

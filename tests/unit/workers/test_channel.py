@@ -32,6 +32,14 @@ def test_inheritance_numbers_listeners_from_4_and_survives_the_environment() -> 
     assert inherited.child_fds([11, 12, 17]) == {4: 11, 5: 12, 6: 17}
 
 
+def test_the_access_log_file_follows_the_listeners() -> None:
+    """--access-log FILE: the supervisor's descriptor of it comes after every listener."""
+    inherited = Inheritance.numbered(1, listeners=1, redirect_listeners=1, access_log=True)
+    assert inherited == Inheritance(1, (4,), (5,), access_log=6)
+    assert Inheritance.decode(inherited.encode()) == inherited
+    assert inherited.child_fds([11, 12, 9]) == {4: 11, 5: 12, 6: 9}
+
+
 @pytest.mark.parametrize(
     "text",
     ["", "{}", '{"worker": 1, "listeners": [2], "redirect_listeners": []}', "[1, 2]", "nonsense"],

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from tests.unit.workers.fakes import LogLines, Spawner, end, print_error, say
 from tlsproxy.workers.backoff import Backoff
 from tlsproxy.workers.channel import Logged, Measured, Reloaded, Started
-from tlsproxy.workers.pool import Worker, WorkerPool
+from tlsproxy.workers.pool import SLOW_START, Worker, WorkerPool
 
 
 @dataclass
@@ -21,6 +21,7 @@ class Events:
     reloaded: list[tuple[int, bool]] = field(default_factory=list)
     measured: list[int] = field(default_factory=list)
     ended: list[int] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
 
     def worker_started(self, worker: Worker, *, first_time: bool) -> None:
@@ -34,6 +35,9 @@ class Events:
 
     def worker_ended(self, worker: Worker) -> None:
         self.ended.append(worker.number)
+
+    def worker_pending(self, number: int) -> None:
+        self.pending.append(number)
 
     def startup_failed(self, reason: str) -> None:
         self.failed.append(reason)
@@ -222,3 +226,73 @@ def test_stop_with_no_worker_left_fires_at_once(count: int) -> None:
     """A pool whose workers are all gone (or never started) is stopped already."""
     p = make_pool(count)
     assert p.pool.stop(timeout=1.0).called
+
+
+def test_a_spawn_failure_after_startup_is_a_quick_death_retried_with_the_backoff() -> None:
+    """Once every worker served, spawnProcess failing (out of descriptors, a tasks limit) is
+    logged with its reason and retried after the backoff, doubling; tlsproxy does not stop."""
+    p = started()
+    p.spawner.fail_with = OSError(24, "Too many open files")
+    with LogLines() as lines:
+        end(p.spawner.worker(100), signal=9)
+        p.clock.advance(0.5)
+        p.clock.advance(1.0)
+        p.spawner.fail_with = None
+        p.clock.advance(1.9)
+    assert p.events.failed == []
+    assert lines == [
+        "error tlsproxy.workers.pool: worker 1 (pid 100) killed by signal 9 (SIGKILL); "
+        "starting another in 0.5s",
+        "error tlsproxy.workers.pool: worker 1 could not be started ([Errno 24] Too many open "
+        "files); 2 quick deaths in a row: starting another in 1s",
+        "error tlsproxy.workers.pool: worker 1 could not be started ([Errno 24] Too many open "
+        "files); 3 quick deaths in a row: starting another in 2s",
+    ]
+    assert p.events.pending == [1, 1, 1]
+    assert len(p.spawner.started) == 2
+    p.clock.advance(0.1)
+    assert p.spawner.started[-1][0] == 1
+    assert sorted(p.pool.workers) == [1, 2]
+
+
+def wait_for_replacement(p: Pool) -> float:
+    """Advance the clock until the pool starts another worker; the seconds that took."""
+    before, waited = len(p.spawner.started), 0.0
+    while len(p.spawner.started) == before:
+        p.clock.advance(0.25)
+        waited += 0.25
+    return waited
+
+
+def test_respawn_now_starts_waiting_replacements_with_their_streak_reset() -> None:
+    """A reload (the files likely fixed) starts a worker waiting for its backoff at once; its
+    next quick death waits the first delay again, not the doubled one."""
+    p = started()
+    waits = []
+    for _ in range(3):
+        end(p.spawner.started[-1][1] if len(p.spawner.started) > 2 else p.spawner.worker(100))
+        waits.append(wait_for_replacement(p))
+    assert waits == [0.5, 1.0, 2.0]
+    end(p.spawner.started[-1][1], status=1)  # the next wait would be 4 s
+    before = len(p.spawner.started)
+    assert p.pool.respawn_now() == [1]
+    assert len(p.spawner.started) == before + 1
+    assert p.pool.respawn_now() == []
+    p.clock.advance(4.5)  # past when the waiting start was due: it was cancelled
+    assert len(p.spawner.started) == before + 1
+    end(p.spawner.started[-1][1], status=1)
+    assert wait_for_replacement(p) == 0.5
+
+
+def test_a_worker_that_does_not_serve_within_a_minute_is_logged_once() -> None:
+    """A worker stuck starting is said once, at SLOW_START; one that serves in time is not."""
+    p = make_pool()
+    p.pool.start()
+    say(p.spawner.worker(101), Started())
+    with LogLines() as lines:
+        p.clock.advance(SLOW_START)
+        p.clock.advance(SLOW_START)
+    assert lines == [
+        "warn tlsproxy.workers.pool: worker 1 (pid 100) has not said it serves 60s after it "
+        "was started"
+    ]

@@ -206,3 +206,65 @@ def test_a_worker_that_cannot_start_stops_tlsproxy_with_status_1(running: Runnin
     assert running.spawner.process(101).signals == ["TERM"]
     end(running.spawner.worker(101))
     assert stopped.called
+
+
+def test_a_reload_while_starting_is_owed_until_every_worker_serves(running: Running) -> None:
+    """SIGHUP before every worker serves: no RELOADING=1 and no signal yet (a starting worker
+    would die of it); READY=1 comes when all serve, and the reload right after it."""
+    say(running.spawner.worker(100), Started())
+    running.supervisor.reload()
+    running.supervisor.reload()
+    assert running.notifier.sent == []
+    assert running.spawner.process(100).signals == []
+    say(running.spawner.worker(101), Started())
+    assert running.notifier.states() == ["READY=1", "RELOADING=1"]
+    assert [running.spawner.process(p).signals for p in (100, 101)] == [["HUP"], ["HUP"]]
+    say(running.spawner.worker(100), Reloaded(ok=True))
+    say(running.spawner.worker(101), Reloaded(ok=True))
+    assert running.notifier.states() == ["READY=1", "RELOADING=1", "READY=1"]
+
+
+def test_one_line_sums_up_each_reload(running: Running) -> None:
+    """After the workers' own lines, the supervisor says how many reloaded."""
+    running.all_started()
+    with LogLines() as lines:
+        running.supervisor.reload()
+        say(running.spawner.worker(100), Reloaded(ok=True))
+        say(running.spawner.worker(101), Reloaded(ok=True))
+        running.supervisor.reload()
+        say(running.spawner.worker(100), Reloaded(ok=False))
+        say(running.spawner.worker(101), Reloaded(ok=True))
+    summaries = [line for line in lines if "reload" in line and "in 2 workers" not in line]
+    assert summaries[-3:] == [
+        "info tlsproxy.workers.supervisor: reloaded in 2 of 2 workers",
+        "info tlsproxy.workers.supervisor: reloading certificates in 2 worker(s)",
+        "error tlsproxy.workers.supervisor: reload failed in 1 of 2 workers (their lines say "
+        "why); they serve the previous certificates",
+    ]
+
+
+def test_a_reload_starts_a_worker_waiting_for_its_backoff_at_once(running: Running) -> None:
+    """The operator likely just fixed what made it die: no waiting out the backoff."""
+    running.all_started()
+    end(running.spawner.worker(100), status=1)
+    running.supervisor.reload()
+    assert running.pids() == [100, 101, 102]
+    assert running.spawner.process(101).signals == ["HUP"]
+    assert running.spawner.process(102).signals == []  # it loads the files as it starts
+
+
+def test_metrics_show_every_certificate_some_worker_serves(running: Running) -> None:
+    """Workers may serve different certificates (one's reload failed): the page lists each
+    one once, by fingerprint, not only the first worker's."""
+    running.all_started()
+    old = Expiry(("localhost",), EXPIRY, "AB:CD")
+    new = Expiry(("localhost",), EXPIRY, "EF:01")
+    say(running.spawner.worker(100), Measured({}, (old,)))
+    say(running.spawner.worker(101), Measured({}, (new, old)))
+    page = running.supervisor.render_metrics()
+    series = [
+        line.split("{", 1)[1].split("}")[0]
+        for line in page.splitlines()
+        if line.startswith("tlsproxy_certificate_expiry_timestamp_seconds{")
+    ]
+    assert series == ['names="localhost",sha256="abcd"', 'names="localhost",sha256="ef01"']

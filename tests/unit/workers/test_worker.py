@@ -7,6 +7,7 @@ descriptors, and what arrives at the other end is what the supervisor would read
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
@@ -39,6 +40,7 @@ from tlsproxy.workers.worker import (
     LogForwarder,
     MessageWriter,
     WorkerService,
+    adopt_access_log,
     worker_config,
 )
 
@@ -181,3 +183,49 @@ def test_a_worker_service_says_started_reports_each_second_and_answers_reloads(
         assert service._banner() == []
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+def test_a_worker_writes_the_access_log_it_inherited(
+    tmp_path: Path, pipe: tuple[MessageWriter, int]
+) -> None:
+    """The supervisor opened --access-log FILE (before privileges were dropped): the worker
+    neither checks nor opens the file by name, and writes its lines, in its format, to the
+    descriptor it inherited."""
+    writer, _ = pipe
+    read, write = os.pipe()
+    options = Options()
+    options.parseOptions(
+        [
+            "--backend",
+            "http://127.0.0.1:8000",
+            "--certs-dir",
+            str(tmp_path / "certs"),
+            "--access-log",
+            str(tmp_path / "root-only" / "access.log"),  # no such folder: the check would fail
+            "--access-log-format",
+            "json",
+        ]
+    )
+    values = {name.replace("-", "_"): value for name, value in options.items()}
+    inherited = Inheritance(1, (), access_log=write)
+    log_stream = adopt_access_log(values, inherited)
+    config = build_config(values, now=datetime.now(UTC))
+    service = WorkerService(
+        worker_config(config, inherited),
+        reactor=MemoryReactorClock(),
+        messages=writer,
+        log_stream=log_stream,
+    )
+    assert service.access_log is not None
+    service.access_log.record(
+        client=b"127.0.0.1",
+        method=b"GET",
+        target=b"/",
+        version=b"HTTP/1.1",
+        status=200,
+        size=2,
+        headers=[],
+    )
+    service.access_log.close()  # flushes, and closes the inherited descriptor
+    assert json.loads(os.read(read, 4096))["status"] == 200
+    os.close(read)
