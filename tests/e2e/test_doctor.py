@@ -228,6 +228,20 @@ def home(tmp_path: Path) -> Path:
     return path
 
 
+Probe = Callable[..., "Report"]
+
+
+@pytest.fixture
+def probe(certs_dir: Path, home: Path, tmp_path: Path) -> Probe:
+    """``probe(BACKEND, *flags)``: doctor for that backend, trusting the development CA."""
+
+    def run(backend: str, *flags: str | Path) -> Report:
+        env = trusting_environment(home, certs_dir)
+        return doctor("--backend", backend, *flags, "--certs-dir", certs_dir, env=env, cwd=tmp_path)
+
+    return run
+
+
 def environment(home: Path, **variables: Path | str) -> dict[str, str]:
     """This process's environment without trust variables, with ``home`` and ``variables``."""
     env = {k: v for k, v in os.environ.items() if k not in TRUST_VARIABLES}
@@ -303,19 +317,10 @@ def nss_database(home: Path, *, trusting: Path | None) -> Path:
 # --- healthy -----------------------------------------------------------------------------------
 
 
-def test_a_healthy_development_setup_exits_zero(
-    start_backend: StartBackend, certs_dir: Path, home: Path, tmp_path: Path
-) -> None:
+def test_a_healthy_development_setup_exits_zero(start_backend: StartBackend, probe: Probe) -> None:
     """Dev CA trusted by Node and Python, backend answering: every check ok but the system."""
     backend = start_backend()
-    report = doctor(
-        "--backend",
-        backend.url(),
-        "--certs-dir",
-        certs_dir,
-        env=trusting_environment(home, certs_dir),
-        cwd=tmp_path,
-    )
+    report = probe(backend.url())
     assert report.status == 0, report.out
     assert report.err == ""
     report.line("ok", "certificate")
@@ -397,18 +402,11 @@ def test_a_backend_that_always_redirects_to_https_is_a_redirect_loop(
 
 
 def test_a_backend_that_honours_x_forwarded_proto_passes(
-    start_backend: StartBackend, certs_dir: Path, home: Path, tmp_path: Path
+    start_backend: StartBackend, probe: Probe
 ) -> None:
     """The same redirect-to-https app, trusting the header, answers 200: no loop, exit 0."""
     backend = start_backend(mode="honours")
-    report = doctor(
-        "--backend",
-        backend.url(),
-        "--certs-dir",
-        certs_dir,
-        env=trusting_environment(home, certs_dir),
-        cwd=tmp_path,
-    )
+    report = probe(backend.url())
     assert "answers 200" in report.line("ok", "forwarded HTTPS request")
     assert report.status == 0, report.out
 
@@ -418,18 +416,11 @@ def test_a_backend_that_honours_x_forwarded_proto_passes(
 
 @needs_ipv6
 def test_localhost_with_an_app_on_127_0_0_1_only_warns_about_ipv6(
-    start_backend: StartBackend, certs_dir: Path, home: Path, tmp_path: Path
+    start_backend: StartBackend, probe: Probe
 ) -> None:
     """--backend localhost, app bound to 127.0.0.1: IPv6 warning explaining ::1 first."""
     backend = start_backend(host="127.0.0.1")
-    report = doctor(
-        "--backend",
-        backend.url("localhost"),
-        "--certs-dir",
-        certs_dir,
-        env=trusting_environment(home, certs_dir),
-        cwd=tmp_path,
-    )
+    report = probe(backend.url("localhost"))
     report.line("ok", "backend over IPv4")
     line = report.line("warning", "backend over IPv6")
     assert "localhost resolves to ::1 first in browsers and Node 17+" in line
@@ -441,18 +432,11 @@ def test_localhost_with_an_app_on_127_0_0_1_only_warns_about_ipv6(
 
 @needs_ipv6
 def test_an_app_only_on_ipv6_behind_an_ipv4_backend_url_is_a_problem_naming_ipv6(
-    start_backend: StartBackend, certs_dir: Path, home: Path, tmp_path: Path
+    start_backend: StartBackend, probe: Probe
 ) -> None:
     """--backend 127.0.0.1, app on ::1 only: the IPv4 problem says to use [::1] or localhost."""
     backend = start_backend(host="::1")
-    report = doctor(
-        "--backend",
-        backend.url("127.0.0.1"),
-        "--certs-dir",
-        certs_dir,
-        env=trusting_environment(home, certs_dir),
-        cwd=tmp_path,
-    )
+    report = probe(backend.url("127.0.0.1"))
     assert report.status == 1
     report.line("problem", "backend over IPv4")
     assert f"your app listens only on [::1]:{backend.port}" in report.fix("backend over IPv4")
@@ -462,37 +446,21 @@ def test_an_app_only_on_ipv6_behind_an_ipv4_backend_url_is_a_problem_naming_ipv6
 
 @needs_ipv6
 def test_an_app_only_on_ipv6_behind_localhost_works_and_is_checked_over_ipv6(
-    start_backend: StartBackend, certs_dir: Path, home: Path, tmp_path: Path
+    start_backend: StartBackend, probe: Probe
 ) -> None:
     """--backend localhost, app on ::1 only: the forwarded request goes to ::1, exit 0."""
     backend = start_backend(host="::1", mode="loop")
-    report = doctor(
-        "--backend",
-        backend.url("localhost"),
-        "--certs-dir",
-        certs_dir,
-        env=trusting_environment(home, certs_dir),
-        cwd=tmp_path,
-    )
+    report = probe(backend.url("localhost"))
     report.line("warning", "backend over IPv4")
     report.line("ok", "backend over IPv6")
     report.line("problem", "forwarded HTTPS request")  # it reached the loop on ::1
     assert report.status == 1
 
 
-def test_nothing_listening_is_a_problem_and_the_request_check_is_skipped(
-    certs_dir: Path, home: Path, tmp_path: Path
-) -> None:
+def test_nothing_listening_is_a_problem_and_the_request_check_is_skipped(probe: Probe) -> None:
     """A closed port: problem with "start your app", and no request is attempted."""
     port = unused_port()
-    report = doctor(
-        "--backend",
-        f"http://127.0.0.1:{port}",
-        "--certs-dir",
-        certs_dir,
-        env=trusting_environment(home, certs_dir),
-        cwd=tmp_path,
-    )
+    report = probe(f"http://127.0.0.1:{port}")
     assert report.status == 1
     assert "connection refused" in report.line("problem", "backend over IPv4")
     assert "start your app" in report.fix("backend over IPv4")
@@ -500,17 +468,10 @@ def test_nothing_listening_is_a_problem_and_the_request_check_is_skipped(
 
 
 def test_a_backend_that_never_answers_is_reported_within_the_read_timeout(
-    silent_backend: int, certs_dir: Path, home: Path, tmp_path: Path
+    silent_backend: int, probe: Probe
 ) -> None:
     """Connected but silent: a problem after the 3 s read timeout, not a hang."""
-    report = doctor(
-        "--backend",
-        f"http://127.0.0.1:{silent_backend}",
-        "--certs-dir",
-        certs_dir,
-        env=trusting_environment(home, certs_dir),
-        cwd=tmp_path,
-    )
+    report = probe(f"http://127.0.0.1:{silent_backend}")
     assert "no complete response head within 3 s" in report.line(
         "problem", "forwarded HTTPS request"
     )
@@ -613,18 +574,11 @@ def test_backend_tls_flags_on_a_plain_http_backend_are_a_usage_error(
 
 
 def test_a_unix_socket_backend_that_answers_is_probed_over_the_socket(
-    start_unix_backend: StartUnixBackend, certs_dir: Path, home: Path, tmp_path: Path
+    start_unix_backend: StartUnixBackend, probe: Probe
 ) -> None:
     """unix:/path with an app on it: the socket is ok, the forwarded request reaches it."""
     path, server = start_unix_backend()
-    report = doctor(
-        "--backend",
-        f"unix:{path}",
-        "--certs-dir",
-        certs_dir,
-        env=trusting_environment(home, certs_dir),
-        cwd=tmp_path,
-    )
+    report = probe(f"unix:{path}")
     assert f"{path} is a socket" in report.line("ok", "backend address")
     assert "answers 200" in report.line("ok", "forwarded HTTPS request")
     assert "backend over IPv4" not in report.out
@@ -633,37 +587,23 @@ def test_a_unix_socket_backend_that_answers_is_probed_over_the_socket(
 
 
 def test_a_unix_socket_backend_that_loops_is_a_redirect_loop(
-    start_unix_backend: StartUnixBackend, certs_dir: Path, home: Path, tmp_path: Path
+    start_unix_backend: StartUnixBackend, probe: Probe
 ) -> None:
     """The same verdict as over TCP: 301 to the same https URL is a problem."""
     path, _ = start_unix_backend(mode="loop")
-    report = doctor(
-        "--backend",
-        f"unix:{path}",
-        "--certs-dir",
-        certs_dir,
-        env=trusting_environment(home, certs_dir),
-        cwd=tmp_path,
-    )
+    report = probe(f"unix:{path}")
     assert "redirect loop" in report.line("problem", "forwarded HTTPS request")
     assert "ProxyFix" in report.fix("forwarded HTTPS request")
     assert report.status == 1
 
 
 def test_a_unix_socket_path_with_no_file_names_the_sockets_that_are_there(
-    start_unix_backend: StartUnixBackend, certs_dir: Path, home: Path, tmp_path: Path
+    start_unix_backend: StartUnixBackend, tmp_path: Path, probe: Probe
 ) -> None:
     """A wrong path: no file there, the socket beside it named, the request skipped."""
     path, server = start_unix_backend("gunicorn.sock")
     wrong = tmp_path / "app.sock"
-    report = doctor(
-        "--backend",
-        f"unix:{wrong}",
-        "--certs-dir",
-        certs_dir,
-        env=trusting_environment(home, certs_dir),
-        cwd=tmp_path,
-    )
+    report = probe(f"unix:{wrong}")
     line = report.line("problem", "backend address")
     assert f"no socket at {wrong}: no file by that name in {tmp_path}" in line
     assert f"(the socket files there: {path})" in line
@@ -673,41 +613,23 @@ def test_a_unix_socket_path_with_no_file_names_the_sockets_that_are_there(
     assert report.status == 1
 
 
-def test_a_stale_unix_socket_is_nothing_listening(
-    certs_dir: Path, home: Path, tmp_path: Path
-) -> None:
+def test_a_stale_unix_socket_is_nothing_listening(tmp_path: Path, probe: Probe) -> None:
     """A socket file left by an app that stopped: connection refused, said as such."""
     path = tmp_path / "stale.sock"
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(path))
-    report = doctor(
-        "--backend",
-        f"unix:{path}",
-        "--certs-dir",
-        certs_dir,
-        env=trusting_environment(home, certs_dir),
-        cwd=tmp_path,
-    )
+    report = probe(f"unix:{path}")
     line = report.line("problem", "backend address")
     assert "nothing is listening on it (connection refused)" in line
     assert f"delete {path} first" in report.fix("backend address")
     report.line("skipped", "forwarded HTTPS request")
 
 
-def test_a_regular_file_as_unix_backend_is_not_a_socket(
-    certs_dir: Path, home: Path, tmp_path: Path
-) -> None:
+def test_a_regular_file_as_unix_backend_is_not_a_socket(tmp_path: Path, probe: Probe) -> None:
     """unix: naming a regular file: said plainly, no connection attempted."""
     path = tmp_path / "app.pid"
     path.write_text("1234\n")
-    report = doctor(
-        "--backend",
-        f"unix:{path}",
-        "--certs-dir",
-        certs_dir,
-        env=trusting_environment(home, certs_dir),
-        cwd=tmp_path,
-    )
+    report = probe(f"unix:{path}")
     assert f"{path} is a regular file, not a socket" in report.line("problem", "backend address")
 
 
@@ -748,25 +670,12 @@ def backend_leaf(ca: Issued | None, *names: str, expired: bool = False) -> Issue
 
 
 def test_an_https_backend_verified_with_backend_ca_is_probed_over_tls(
-    start_tls_backend: StartTLSBackend,
-    backend_ca: tuple[Issued, Path],
-    certs_dir: Path,
-    home: Path,
-    tmp_path: Path,
+    start_tls_backend: StartTLSBackend, backend_ca: tuple[Issued, Path], probe: Probe
 ) -> None:
     """--backend-ca signs it: IPv4 ok, TLS ok, and the forwarded request goes over that TLS."""
     ca, ca_path = backend_ca
     backend = start_tls_backend(backend_leaf(ca, "127.0.0.1"))
-    report = doctor(
-        "--backend",
-        backend.url,
-        "--backend-ca",
-        ca_path,
-        "--certs-dir",
-        certs_dir,
-        env=trusting_environment(home, certs_dir),
-        cwd=tmp_path,
-    )
+    report = probe(backend.url, "--backend-ca", ca_path)
     report.line("ok", "backend over IPv4")
     line = report.line("ok", "backend TLS")
     assert "verifies for 127.0.0.1 against the --backend-ca file" in line
@@ -777,42 +686,20 @@ def test_an_https_backend_verified_with_backend_ca_is_probed_over_tls(
 
 
 def test_an_https_backend_that_loops_is_a_redirect_loop(
-    start_tls_backend: StartTLSBackend,
-    backend_ca: tuple[Issued, Path],
-    certs_dir: Path,
-    home: Path,
-    tmp_path: Path,
+    start_tls_backend: StartTLSBackend, backend_ca: tuple[Issued, Path], probe: Probe
 ) -> None:
     """Over TLS too, a 301 to the same https URL is the redirect-loop problem."""
     ca, ca_path = backend_ca
     backend = start_tls_backend(backend_leaf(ca, "127.0.0.1"), mode="loop")
-    report = doctor(
-        "--backend",
-        backend.url,
-        "--backend-ca",
-        ca_path,
-        "--certs-dir",
-        certs_dir,
-        env=trusting_environment(home, certs_dir),
-        cwd=tmp_path,
-    )
+    report = probe(backend.url, "--backend-ca", ca_path)
     report.line("ok", "backend TLS")
     assert "redirect loop" in report.line("problem", "forwarded HTTPS request")
     assert report.status == 1
 
 
-def test_an_https_backend_with_nothing_listening_skips_tls_and_the_request(
-    certs_dir: Path, home: Path, tmp_path: Path
-) -> None:
+def test_an_https_backend_with_nothing_listening_skips_tls_and_the_request(probe: Probe) -> None:
     """A closed port: the IPv4 problem; the TLS and request checks are skipped, not guessed."""
-    report = doctor(
-        "--backend",
-        f"https://127.0.0.1:{unused_port()}",
-        "--certs-dir",
-        certs_dir,
-        env=trusting_environment(home, certs_dir),
-        cwd=tmp_path,
-    )
+    report = probe(f"https://127.0.0.1:{unused_port()}")
     assert "connection refused" in report.line("problem", "backend over IPv4")
     report.line("skipped", "backend TLS")
     report.line("skipped", "forwarded HTTPS request")
@@ -884,25 +771,12 @@ def test_a_backend_certificate_for_another_name_points_at_backend_server_name(
 
 
 def test_an_expired_backend_certificate_says_so_and_when(
-    start_tls_backend: StartTLSBackend,
-    backend_ca: tuple[Issued, Path],
-    certs_dir: Path,
-    home: Path,
-    tmp_path: Path,
+    start_tls_backend: StartTLSBackend, backend_ca: tuple[Issued, Path], probe: Probe
 ) -> None:
     """Signed by --backend-ca but expired: the date, and renewing as the fix."""
     ca, ca_path = backend_ca
     backend = start_tls_backend(backend_leaf(ca, "127.0.0.1", expired=True))
-    report = doctor(
-        "--backend",
-        backend.url,
-        "--backend-ca",
-        ca_path,
-        "--certs-dir",
-        certs_dir,
-        env=trusting_environment(home, certs_dir),
-        cwd=tmp_path,
-    )
+    report = probe(backend.url, "--backend-ca", ca_path)
     assert "(2 days ago)" in report.line("problem", "backend TLS")
     assert "renew the backend's certificate" in report.fix("backend TLS")
 
@@ -923,34 +797,20 @@ def test_a_self_signed_backend_is_a_problem_and_insecure_backend_a_warning(
 
 
 def test_an_https_backend_url_on_a_plain_http_port_says_use_http(
-    start_backend: StartBackend, certs_dir: Path, home: Path, tmp_path: Path
+    start_backend: StartBackend, probe: Probe
 ) -> None:
     """https:// pointing at a plain-HTTP app: the handshake fails; the fix names http://."""
     backend = start_backend()
-    report = doctor(
-        "--backend",
-        f"https://127.0.0.1:{backend.port}",
-        "--certs-dir",
-        certs_dir,
-        env=trusting_environment(home, certs_dir),
-        cwd=tmp_path,
-    )
+    report = probe(f"https://127.0.0.1:{backend.port}")
     assert "failed the TLS handshake" in report.line("problem", "backend TLS")
     assert "use an http:// --backend" in report.fix("backend TLS")
 
 
 def test_an_https_backend_that_never_answers_the_handshake_is_bounded(
-    silent_backend: int, certs_dir: Path, home: Path, tmp_path: Path
+    silent_backend: int, probe: Probe
 ) -> None:
     """Connected, no ServerHello: a problem after the 3 s handshake timeout, not a hang."""
-    report = doctor(
-        "--backend",
-        f"https://127.0.0.1:{silent_backend}",
-        "--certs-dir",
-        certs_dir,
-        env=trusting_environment(home, certs_dir),
-        cwd=tmp_path,
-    )
+    report = probe(f"https://127.0.0.1:{silent_backend}")
     assert "did not complete a TLS handshake within 3 s" in report.line("problem", "backend TLS")
     report.line("skipped", "forwarded HTTPS request")
     assert report.seconds < 15
@@ -958,25 +818,12 @@ def test_an_https_backend_that_never_answers_the_handshake_is_bounded(
 
 @needs_ipv6
 def test_an_https_localhost_backend_on_ipv4_only_keeps_the_name_in_the_fix(
-    start_tls_backend: StartTLSBackend,
-    backend_ca: tuple[Issued, Path],
-    certs_dir: Path,
-    home: Path,
-    tmp_path: Path,
+    start_tls_backend: StartTLSBackend, backend_ca: tuple[Issued, Path], probe: Probe
 ) -> None:
     """https://localhost, app on 127.0.0.1: the IPv6 warning's fix keeps verifying localhost."""
     ca, ca_path = backend_ca
     backend = start_tls_backend(backend_leaf(ca, "localhost"))
-    report = doctor(
-        "--backend",
-        f"https://localhost:{backend.port}",
-        "--backend-ca",
-        ca_path,
-        "--certs-dir",
-        certs_dir,
-        env=trusting_environment(home, certs_dir),
-        cwd=tmp_path,
-    )
+    report = probe(f"https://localhost:{backend.port}", "--backend-ca", ca_path)
     report.line("ok", "backend over IPv4")
     report.line("warning", "backend over IPv6")
     assert f"https://127.0.0.1:{backend.port} --backend-server-name localhost" in report.fix(
