@@ -51,6 +51,12 @@ def worker_pids(output: str) -> list[int]:
     return [int(pid) for pid in match.group(2).split(", ")]
 
 
+def started_worker_pids(proxy: ProxyProcess) -> list[int]:
+    """:func:`worker_pids`, once the banner's line has arrived (it follows the listeners')."""
+    assert proxy.wait_for_output(SHARED.pattern), proxy.output()
+    return worker_pids(proxy.output())
+
+
 def parent_of(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat[stat.rindex(")") + 2 :].split()[1])
@@ -121,7 +127,7 @@ def test_two_workers_share_connections_one_access_log_and_one_metrics_page(
         "--metrics-listen",
         "tcp:0:interface=127.0.0.1",
     )
-    pids = worker_pids(proxy.output())
+    pids = started_worker_pids(proxy)
     assert len(set(pids)) == 2
     assert [parent_of(pid) for pid in pids] == [proxy.pid, proxy.pid]
     sockets = [listening(proxy.port, pid) for pid in pids]
@@ -208,7 +214,7 @@ def test_sigterm_drains_every_worker_then_everything_exits_0(
 
     backend.respond_with(responder)
     proxy = proxy_factory("--workers", "2")
-    pids = worker_pids(proxy.output())
+    pids = started_worker_pids(proxy)
     try:
         with RawClient(proxy.connect()) as idle, RawClient(proxy.connect()) as busy:
             idle.send(request_bytes(target="/first"))
@@ -364,6 +370,8 @@ def test_socket_activation_and_notify_speak_for_every_worker(
         assert ready["STATUS"].startswith(f"serving https://127.0.0.1:{port}/; 2 of 2 workers, "), (
             ready
         )
+        # READY=1 is a datagram; the banner comes through a pipe and may still be on its way.
+        assert proxy.wait_for_output("worker processes share these listeners"), proxy.output()
         for pid in worker_pids(proxy.output()):
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             names = {entry.split(b"=", 1)[0] for entry in environ}

@@ -20,7 +20,14 @@ from . import proxyprocess
 from .backend import Backend
 from .pki import der_certificate, issue, write_pair
 from .proxyprocess import TWISTD, ProxyFactory
-from .test_workers import SHARED, established, gone, parent_of, served_der, worker_pids
+from .test_workers import (
+    SHARED,
+    established,
+    gone,
+    parent_of,
+    served_der,
+    started_worker_pids,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +40,7 @@ def test_a_killed_worker_is_replaced_and_requests_keep_succeeding(
     joins), except the few queued on the dead worker's socket as it closed: those are reset,
     never left hanging."""
     proxy = proxy_factory("--workers", "2")
-    first, second = worker_pids(proxy.output())
+    first, second = started_worker_pids(proxy)
     os.kill(first, signal.SIGKILL)
     served = re.compile(r"worker 1 is serving \(pid (\d+)\)")
     answered, after, resets = 0, 0, 0
@@ -96,7 +103,7 @@ def test_a_worker_that_cannot_start_takes_no_connections_until_a_reload(
     leaf = issue("crash.test", issuer=ca)
     cert, key = write_pair(tmp_path, leaf)
     proxy = proxy_factory("--workers", "2", "--cert", str(cert), "--key", str(key), trust=ca_path)
-    first, second = worker_pids(proxy.output())
+    first, second = started_worker_pids(proxy)
     cert.write_text("not a certificate\n")
     os.kill(first, signal.SIGKILL)
     waiting = proxy.wait_for_output(r"worker 1 .*4 quick deaths in a row: starting another in 4s")
