@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from cryptography import x509
 
@@ -32,11 +32,7 @@ def parse_backend(url: str) -> BackendAddress:
     example = "e.g. --backend http://127.0.0.1:8000"
     if url[:5].lower() == "unix:":
         return _parse_unix_backend(url)
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise ConfigError(f"--backend {url!r} is not a valid URL ({e}); {example}") from None
+    parts, port = _split(url, "URL", example)
     if parts.scheme == "tcp":
         raise ConfigError(
             f"--backend {url!r}: a tcp:// backend receives raw bytes; add --mode tcp "
@@ -51,12 +47,7 @@ def parse_backend(url: str) -> BackendAddress:
         raise ConfigError(f"--backend {url!r} has no host; {example}")
     if port == 0:
         raise ConfigError(f"--backend {url!r}: port 0 is not a port a backend listens on")
-    try:
-        parts.hostname.encode("idna")
-    except UnicodeError:
-        raise ConfigError(
-            f"--backend {url!r}: {parts.hostname!r} is not a valid host name"
-        ) from None
+    _check_host(url, parts.hostname)
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigError(
             f"--backend {url!r}: only scheme, host, port and a path prefix are allowed; {example}"
@@ -85,11 +76,7 @@ def parse_tcp_backend(url: str) -> BackendAddress:
     example = "e.g. --backend tcp://127.0.0.1:6379 or --backend unix:/run/app.sock"
     if url[:5].lower() == "unix:":
         return _parse_unix_backend(url)
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise ConfigError(f"--backend {url!r} is not a valid address ({e}); {example}") from None
+    parts, port = _split(url, "address", example)
     if parts.scheme != "tcp":
         raise ConfigError(
             f"--backend {url!r}: --mode tcp relays bytes, not HTTP, so the backend is a "
@@ -97,15 +84,26 @@ def parse_tcp_backend(url: str) -> BackendAddress:
         )
     if not parts.hostname or not port:
         raise ConfigError(f"--backend {url!r} needs a host and a port (1-65535); {example}")
-    try:
-        parts.hostname.encode("idna")
-    except UnicodeError:
-        raise ConfigError(
-            f"--backend {url!r}: {parts.hostname!r} is not a valid host name"
-        ) from None
+    _check_host(url, parts.hostname)
     if parts.path.strip("/") or parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigError(f"--backend {url!r}: only tcp://host:port is allowed; {example}")
     return BackendAddress(url=url, host=parts.hostname, port=port, path_prefix=b"")
+
+
+def _split(url: str, what: str, example: str) -> tuple[SplitResult, int | None]:
+    """The URL's parts and port, or the one-line error naming ``what`` it is not."""
+    try:
+        parts = urlsplit(url)
+        return parts, parts.port
+    except ValueError as e:
+        raise ConfigError(f"--backend {url!r} is not a valid {what} ({e}); {example}") from None
+
+
+def _check_host(url: str, hostname: str) -> None:
+    try:
+        hostname.encode("idna")
+    except UnicodeError:
+        raise ConfigError(f"--backend {url!r}: {hostname!r} is not a valid host name") from None
 
 
 def _parse_unix_backend(url: str) -> BackendAddress:

@@ -425,3 +425,18 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
             return True
         time.sleep(interval)
     return predicate()
+
+
+def slow_backend(backend: Backend) -> threading.Event:
+    """``/slow`` is answered only once the returned event is set (at most 10 s later)."""
+    go_on = threading.Event()
+
+    def responder(conn: BackendConnection, request: ReceivedRequest) -> None:
+        if request.target == b"/slow":
+            go_on.wait(10)
+            conn.send(response(b"200 OK", body=b"slow but complete"))
+        else:
+            echo_responder(conn, request)
+
+    backend.respond_with(responder)
+    return go_on

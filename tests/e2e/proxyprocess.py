@@ -184,17 +184,7 @@ class ProxyProcess:
 
     def stop(self) -> str:
         """SIGTERM, then SIGKILL after a grace period; the complete output."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(STOP_GRACE)
-        self._reader.join(STOP_GRACE)
-        with contextlib.suppress(OSError):
-            if self.process.stdout is not None:
-                self.process.stdout.close()
+        stop_process(self.process, self._reader)
         return self.output()
 
 
@@ -324,3 +314,18 @@ class ProxyFactory:
             if "Traceback" in output:
                 problems.append(f"tlsproxy {proxy.args!r} printed a traceback:\n{output}")
         return problems
+
+
+def stop_process(process: subprocess.Popen[bytes], reader: threading.Thread) -> None:
+    """SIGTERM ``process`` (only that PID), SIGKILL after a grace period; end its output reader."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(STOP_GRACE)
+    reader.join(STOP_GRACE)
+    with contextlib.suppress(OSError):
+        if process.stdout is not None:
+            process.stdout.close()

@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import signal
-import threading
 import time
 
 import pytest
 from hyperframe.frame import DataFrame, Frame, HeadersFrame
 
-from .backend import Backend, BackendConnection, ReceivedRequest, echo_responder, response
+from .backend import Backend, slow_backend
 from .proxyprocess import ProxyFactory, ProxyProcess
 from .rawclient import ABORTED, CLEAN_CLOSE, RawClient, request_bytes
 from .test_http2 import RawH2
-
-
-def _slow_backend(backend: Backend) -> threading.Event:
-    """``/slow`` is answered only once the returned event is set (at most 10 s later)."""
-    go_on = threading.Event()
-
-    def responder(conn: BackendConnection, request: ReceivedRequest) -> None:
-        if request.target == b"/slow":
-            go_on.wait(10)
-            conn.send(response(b"200 OK", body=b"slow but complete"))
-        else:
-            echo_responder(conn, request)
-
-    backend.respond_with(responder)
-    return go_on
 
 
 def _refused(proxy: ProxyProcess, timeout: float = 3.0) -> bool:
@@ -48,7 +32,7 @@ def test_sigterm_finishes_in_flight_response_then_exits_0(
     """After SIGTERM, new connections are refused, an idle keep-alive connection is closed at
     once, a slow in-flight response still completes (with Connection: close), and the process
     exits with status 0."""
-    go_on = _slow_backend(backend)
+    go_on = slow_backend(backend)
     proxy = proxy_factory()
     with RawClient(proxy.connect()) as idle, RawClient(proxy.connect()) as busy:
         idle.send(request_bytes(target="/first"))
@@ -74,7 +58,7 @@ def test_sigterm_finishes_in_flight_response_then_exits_0(
 def test_drain_timeout_cuts_off_what_is_left(proxy_factory: ProxyFactory, backend: Backend) -> None:
     """With --drain-timeout 1, a response that would take 10 s is aborted (the client sees a
     reset, not a clean end) and the process exits 0 within about 2 s of SIGTERM."""
-    go_on = _slow_backend(backend)
+    go_on = slow_backend(backend)
     proxy = proxy_factory("--drain-timeout", "1")
     try:
         with RawClient(proxy.connect()) as busy:
@@ -95,7 +79,7 @@ def test_drain_at_the_connection_limit_leaves_no_traceback(
 ) -> None:
     """At --max-connections the ports stop reading; connections ending during the drain must
     not ask the closed ports to read again (that was an "Unhandled Error" traceback)."""
-    go_on = _slow_backend(backend)
+    go_on = slow_backend(backend)
     proxy = proxy_factory("--max-connections", "2", "--drain-timeout", "5")
     with RawClient(proxy.connect()) as idle, RawClient(proxy.connect()) as busy:
         idle.send(request_bytes(target="/first"))
@@ -155,7 +139,7 @@ def test_h2_stream_in_flight_completes_after_goaway(
 ) -> None:
     """After SIGTERM an HTTP/2 client gets GOAWAY (NO_ERROR) and its in-flight stream still
     completes; the process then exits 0."""
-    go_on = _slow_backend(backend)
+    go_on = slow_backend(backend)
     proxy = proxy_factory()
     with RawH2(proxy) as client:
         stream_id = client.request("/slow")

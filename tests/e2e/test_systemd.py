@@ -25,7 +25,14 @@ import pytest
 from tlsproxy.tls.devca import ensure_dev_certificates
 
 from .backend import Backend
-from .proxyprocess import LISTENING, STOP_GRACE, TWISTD, free_port, trusting_context
+from .proxyprocess import (
+    LISTENING,
+    STOP_GRACE,
+    TWISTD,
+    free_port,
+    stop_process,
+    trusting_context,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -83,16 +90,7 @@ class ActivatedProxy:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a grace period; only this PID."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(STOP_GRACE)
-        self._reader.join(STOP_GRACE)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        stop_process(self.process, self._reader)
 
 
 @pytest.fixture

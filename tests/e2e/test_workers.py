@@ -11,7 +11,6 @@ import re
 import signal
 import socket
 import subprocess
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -24,7 +23,10 @@ from cryptography.hazmat.primitives import serialization
 
 from tlsproxy.tls.devca import ensure_dev_certificates
 
-from .backend import Backend, BackendConnection, ReceivedRequest, echo_responder, response
+from .backend import (
+    Backend,
+    slow_backend,
+)
 from .pki import issue, write_pair
 from .proxyprocess import (
     STOP_GRACE,
@@ -203,16 +205,7 @@ def test_sigterm_drains_every_worker_then_everything_exits_0(
 ) -> None:
     """SIGTERM to the supervisor: new connections are refused, an idle one closes, a slow
     in-flight response completes; then the supervisor exits 0 and no worker is left."""
-    go_on = threading.Event()
-
-    def responder(conn: BackendConnection, request: ReceivedRequest) -> None:
-        if request.target == b"/slow":
-            go_on.wait(10)
-            conn.send(response(b"200 OK", body=b"slow but complete"))
-        else:
-            echo_responder(conn, request)
-
-    backend.respond_with(responder)
+    go_on = slow_backend(backend)
     proxy = proxy_factory("--workers", "2")
     pids = started_worker_pids(proxy)
     try:
