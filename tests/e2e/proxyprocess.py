@@ -161,6 +161,17 @@ class ProxyProcess:
         """A plain TCP connection to the first listener."""
         return socket.create_connection((self.host, self.port), timeout=timeout)
 
+    def refuses_connections(self, timeout: float) -> bool:
+        """Whether new TCP connections are refused within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.connect_tcp(1).close()
+            except ConnectionRefusedError:
+                return True
+            time.sleep(0.05)
+        return False
+
     def connect(
         self, *, timeout: float = 10.0, server_hostname: str = "localhost"
     ) -> ssl.SSLSocket:

@@ -9,21 +9,9 @@ import pytest
 from hyperframe.frame import DataFrame, Frame, HeadersFrame
 
 from .backend import Backend, slow_backend
-from .proxyprocess import ProxyFactory, ProxyProcess
+from .proxyprocess import ProxyFactory
 from .rawclient import ABORTED, CLEAN_CLOSE, RawClient, request_bytes
 from .test_http2 import RawH2
-
-
-def _refused(proxy: ProxyProcess, timeout: float = 3.0) -> bool:
-    """Whether new connections are refused within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            proxy.connect_tcp(1).close()
-        except ConnectionRefusedError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_sigterm_finishes_in_flight_response_then_exits_0(
@@ -42,7 +30,7 @@ def test_sigterm_finishes_in_flight_response_then_exits_0(
 
         proxy.process.send_signal(signal.SIGTERM)
         assert idle.wait_closed(2) == CLEAN_CLOSE
-        assert _refused(proxy)
+        assert proxy.refuses_connections(3.0)
         assert proxy.process.poll() is None  # still draining the slow exchange
 
         go_on.set()

@@ -123,9 +123,13 @@ def test_unknown_names_do_no_file_system_work(
     files.mkdir()
     proxy = proxy_factory(*_cert_args(files, sites), trust=sites.ca_path)
     shutil.rmtree(files)
-    for name in ("app.example.test", "x.example.test", "nobody.test", None):
-        assert _served(proxy, sites.ca_path, name)
-    assert _served(proxy, sites.ca_path, "zzz.unknown") == _der(sites.default)
+    for name, expected in (
+        ("app.example.test", sites.exact),
+        ("x.example.test", sites.wildcard),
+        ("nobody.test", sites.default),
+        (None, sites.default),
+    ):
+        assert _served(proxy, sites.ca_path, name) == _der(expected), name
 
 
 def test_certs_dir_pairs_are_found_by_content(

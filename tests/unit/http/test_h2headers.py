@@ -46,7 +46,7 @@ def test_path_prefix_applies_to_http2() -> None:
         ended=True,
     )
     assert request.head.startswith(b"GET /app/x?y HTTP/1.1\r\n")
-    with pytest.raises(HeadRejected):
+    with pytest.raises(HeadRejected, match="dot segments"):
         backend_request(
             [(b":method", b"GET"), (b":path", b"/../etc"), (b":authority", b"a")],
             client=CLIENT,

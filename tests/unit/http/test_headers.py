@@ -128,7 +128,7 @@ def test_transfer_codings_other_than_chunked_are_refused(value: bytes) -> None:
 
 def test_repeated_transfer_encoding_is_refused() -> None:
     """Transfer-Encoding: chunked twice is refused, not merged."""
-    with pytest.raises(HeadRejected):
+    with pytest.raises(HeadRejected, match="repeated Transfer-Encoding"):
         check(
             [
                 (b"Host", b"a"),
@@ -353,7 +353,7 @@ def test_response_transfer_codings_other_than_chunked_are_refused(value: bytes) 
 def test_repeated_response_transfer_encoding_is_refused() -> None:
     """Two Transfer-Encoding: chunked headers are two codings, refused like one header that
     lists chunked twice."""
-    with pytest.raises(ResponseRejected):
+    with pytest.raises(ResponseRejected, match="only chunked"):
         clean_response_headers([(b"Transfer-Encoding", b"chunked")] * 2)
 
 

@@ -89,7 +89,7 @@ def test_absolute_form_gets_the_prefix_too() -> None:
 
 def test_absolute_form_is_checked_for_dot_segments_under_a_prefix() -> None:
     """The absolute-form path cannot leave the prefix either."""
-    refused(b"http://localhost:8443/../admin", prefix=b"/public")
+    assert "dot segments" in refused(b"http://localhost:8443/../admin", prefix=b"/public").reason
 
 
 def test_absolute_form_scheme_and_authority_compare_case_insensitively() -> None:
@@ -115,7 +115,7 @@ def test_absolute_form_naming_another_authority_is_refused(sent: bytes) -> None:
 
 def test_absolute_form_without_host_header_is_refused() -> None:
     """An HTTP/1.0 request with no Host has nothing to compare the authority to: 400."""
-    with pytest.raises(HeadRejected):
+    with pytest.raises(HeadRejected, match="another host"):
         target(b"http://localhost:8443/x", host=None)
 
 

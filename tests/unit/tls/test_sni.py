@@ -6,6 +6,7 @@ import contextlib
 import ssl
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -29,13 +30,21 @@ def _audit(event: str, _: tuple[object, ...]) -> None:
 sys.addaudithook(_audit)
 
 
-def handshake(
-    server_context: ssl.SSLContext, ca: Issued, name: str | None
-) -> tuple[ssl.SSLObject, bytes]:
-    """Run a handshake in memory sending ``name`` as SNI: (server side, certificate DER seen)."""
+def unverifying_client(ca: Issued) -> ssl.SSLContext:
     client_ctx = client_context(ca)
     client_ctx.check_hostname = False
     client_ctx.verify_mode = ssl.CERT_NONE  # NOW is a fixed date: which certificate came matters
+    return client_ctx
+
+
+def handshake(
+    server_context: ssl.SSLContext,
+    ca: Issued,
+    name: str | None,
+    client_ctx: ssl.SSLContext | None = None,
+) -> tuple[ssl.SSLObject, bytes]:
+    """Run a handshake in memory sending ``name`` as SNI: (server side, certificate DER seen)."""
+    client_ctx = client_ctx or unverifying_client(ca)
     server_in, server_out = ssl.MemoryBIO(), ssl.MemoryBIO()
     client_in, client_out = ssl.MemoryBIO(), ssl.MemoryBIO()
     server = server_context.wrap_bio(server_in, server_out, server_side=True)
@@ -85,25 +94,44 @@ def test_each_name_gets_its_certificate_and_is_remembered(
 
 
 def test_choosing_reads_no_file_even_for_unknown_names(
-    sites: tuple[Issued, list[Issued], CertificateSet],
+    sites: tuple[Issued, list[Issued], CertificateSet], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Rule 3 of certset: two dictionary reads per handshake, never the file system."""
+    """Rule 3 of certset: two dictionary reads per handshake, never the file system.
+
+    OpenSSL's own file reads raise no audit event: loading a certificate or CA is watched too.
+    """
     ca, _, served = sites
     context = sni_context(served, server_ssl_context)
+    client = unverifying_client(ca)  # made before watching: only the server side is watched
+    for method in ("load_cert_chain", "load_verify_locations"):
+        real = getattr(ssl.SSLContext, method)
+
+        def watched(
+            self: ssl.SSLContext, *args: Any, _real: Any = real, _name: str = method, **kwargs: Any
+        ) -> Any:
+            if _watching:
+                _watching.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(ssl.SSLContext, method, watched)
     _watching.append("watching")
     try:
         for name in ["unknown.test", "x.example.test", "app.example.test", "a.b.c.d", None]:
-            handshake(context, ca, name)
+            handshake(context, ca, name, client)
     finally:
         seen, _watching[:] = _watching[1:], []
     assert seen == []
 
 
-def test_the_watch_sees_file_work_when_there_is_some(tmp_path: Path) -> None:
-    """The audit hook above can fail: reading a file while watching is seen."""
+def test_the_watch_sees_file_work_when_there_is_some(
+    tmp_path: Path, sites: tuple[Issued, list[Issued], CertificateSet]
+) -> None:
+    """The audit hook above can fail: reading a file while watching is seen, and so is building
+    a context, which is where OpenSSL reads certificate files."""
     _watching.append("watching")
     try:
         (tmp_path / "x").write_text("x")
+        server_ssl_context(sites[2].default)
     finally:
         seen, _watching[:] = _watching[1:], []
     assert "open" in seen
