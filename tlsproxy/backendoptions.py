@@ -14,13 +14,14 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from tlsproxy.backend import BackendAddress
 from tlsproxy.configerror import ConfigError
 from tlsproxy.names import HOSTNAME
 from tlsproxy.tls.client import BackendTLS
 
-__all__ = ["backend_tls", "parse_backend", "parse_tcp_backend", "read_ca_file"]
+__all__ = ["backend_tls", "parse_backend", "parse_tcp_backend", "read_ca_pem"]
 
 
 def parse_backend(url: str) -> BackendAddress:
@@ -152,7 +153,11 @@ def backend_tls(backend: BackendAddress, options: Mapping[str, Any]) -> BackendA
     name = backend.tls.server_name
     if server_name is not None:
         name = _backend_server_name(server_name)
-    ca_pem = _read_backend_ca(Path(ca)) if ca is not None else None
+    ca_pem = (
+        read_ca_pem("--backend-ca", Path(ca), what="signed the backend's certificate")
+        if ca is not None
+        else None
+    )
     tls = BackendTLS(server_name=name, ca_pem=ca_pem, verify=not insecure)
     return dataclasses.replace(backend, tls=tls)
 
@@ -170,8 +175,8 @@ def _backend_server_name(value: str) -> str:
         return value.lower().rstrip(".")
 
 
-def read_ca_file(flag: str, path: Path, *, what: str) -> list[x509.Certificate]:
-    """The PEM certificates in the file ``flag`` names; ``what`` says which CA is wanted."""
+def read_ca_pem(flag: str, path: Path, *, what: str) -> bytes:
+    """The CA certificates in the file ``flag`` names, as clean PEM; ``what``: which CA."""
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -185,10 +190,4 @@ def read_ca_file(flag: str, path: Path, *, what: str) -> list[x509.Certificate]:
             f"{flag} {path}: no PEM certificate in it; give the CA certificate that {what} "
             "(-----BEGIN CERTIFICATE-----)"
         )
-    return certificates
-
-
-def _read_backend_ca(path: Path) -> bytes:
-    """The ``--backend-ca`` file's contents, checked to hold certificates."""
-    read_ca_file("--backend-ca", path, what="signed the backend's certificate")
-    return path.read_bytes()
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)

@@ -30,7 +30,7 @@ def run(argv: list[str], *, out: TextIO, err: TextIO, now: datetime | None = Non
     except usage.UsageError as e:
         print(f"tlsproxy: error: {e}", file=err)
         return 2
-    values = {name.replace("-", "_"): value for name, value in options.items()}
+    values = options.config_values()
     try:
         config = build_config(values, now=now or datetime.now(UTC))
     except ConfigError as e:

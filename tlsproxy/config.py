@@ -16,11 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-
 from tlsproxy import listenoptions as listen_options
 from tlsproxy.backend import BackendAddress
-from tlsproxy.backendoptions import backend_tls, parse_backend, parse_tcp_backend, read_ca_file
+from tlsproxy.backendoptions import backend_tls, parse_backend, parse_tcp_backend, read_ca_pem
 from tlsproxy.configerror import ConfigError
 from tlsproxy.http.headers import IPNetwork
 from tlsproxy.listenoptions import Listener
@@ -29,6 +27,7 @@ from tlsproxy.tls.certset import CertificateSet
 from tlsproxy.tls.certsource import CertificatePair, CertificateSource
 from tlsproxy.tls.devca import DevCertificates
 from tlsproxy.tls.pemfile import CertificateError
+from tlsproxy.tls.policy import CLIENT_AUTH_MODES
 
 
 @dataclass(frozen=True)
@@ -144,7 +143,7 @@ def _client_auth(options: Mapping[str, Any]) -> tuple[bytes | None, str]:
     ca, auth = options.get("client_ca"), options.get("client_auth")
     if auth is not None:
         auth = auth.lower()
-        if auth not in ("required", "optional"):
+        if auth not in CLIENT_AUTH_MODES:
             raise ConfigError(f"--client-auth {auth!r}: use required or optional")
         if ca is None:
             raise ConfigError(
@@ -153,8 +152,7 @@ def _client_auth(options: Mapping[str, Any]) -> tuple[bytes | None, str]:
             )
     if ca is None:
         return None, "required"
-    certificates = read_ca_file("--client-ca", Path(ca), what="signs your client certificates")
-    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
+    pem = read_ca_pem("--client-ca", Path(ca), what="signs your client certificates")
     return pem, auth or "required"
 
 

@@ -107,12 +107,14 @@ class ProxyService(Service):
             takeovers[b"h2"] = partial(H2Connection, settings)
         # --mode tcp offers http/1.1 only, never h2 (docs/tcp-mode.md): ALPN must be set anyway.
         self.alpn = HTTP2_ALPN if takeovers else HTTP1_ALPN
-        self.front: FrontFactory = FrontFactory(
-            settings, max_connections=limits.max_connections, takeovers=takeovers
-        )
+        self.front: FrontFactory
         if config.mode == "tcp":
             self.front = TcpFrontFactory(
                 settings, max_connections=limits.max_connections, build=self._tcp_front(settings)
+            )
+        else:
+            self.front = FrontFactory(
+                settings, max_connections=limits.max_connections, takeovers=takeovers
             )
         self.ports: list[Any] = []
         self.redirect_ports: list[Any] = []

@@ -235,6 +235,11 @@ class Options(usage.Options):
         """Address range whose X-Forwarded-*/Forwarded headers are believed; repeatable [default: none]."""  # noqa: E501
         self["trusted_proxy"].append(cidr)
 
+    def config_values(self) -> dict[str, Any]:
+        """The parsed options as ``build_config`` takes them (``key-passphrase-file`` →
+        ``key_passphrase_file``)."""
+        return {name.replace("-", "_"): value for name, value in self.items()}
+
     def parseArgs(self, *args: str) -> None:
         if args:
             hint = " (did you mean --backend?)" if "://" in args[0] else ""
@@ -258,7 +263,7 @@ def makeService(options: Options) -> IService:
     from tlsproxy.service import build_service  # noqa: PLC0415
 
     try:
-        values = {name.replace("-", "_"): value for name, value in options.items()}
+        values = options.config_values()
         config = build_config(values, now=datetime.now(UTC), environ=os.environ)
     except ConfigError as e:
         print(f"tlsproxy: error: {e}", file=sys.stderr)

@@ -120,7 +120,7 @@ class _Attempt(ClientFactory):
         if len(self.hosts) > 1 and not self.front.closing:
             connect(self.front, self.address, self.hosts[1:])
         else:
-            self.front.backend_failed(describe_connect_failure(reason))
+            self.front.backend_failed(self.address, describe_connect_failure(reason))
 
 
 def connect(front: TcpFront, address: BackendAddress, hosts: tuple[str, ...]) -> None:

@@ -38,7 +38,6 @@ from zope.interface import implementer
 from tlsproxy import proxyproto
 from tlsproxy.backend import BackendAddress
 from tlsproxy.deadline import NEVER, DeadlineSweeper
-from tlsproxy.http.headers import ClientInfo
 from tlsproxy.names import NameTable, normalise
 from tlsproxy.relay import Relay
 from tlsproxy.tcpdial import BackendSide, connect  # the backend side (dialling, its socket)
@@ -92,16 +91,11 @@ class TcpFront(Protocol):
         self._idle_limit = settings.tunnel_idle_timeout
         self.write_paused = False
         self.deadline = NEVER
-        self.client: ClientInfo | None = None  # as the HTTP fronts describe theirs
 
     # -- Twisted: the client side ----------------------------------------------------------------
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
-        peer, host = transport.getPeer(), transport.getHost()
-        self.client = ClientInfo.for_peer(
-            getattr(peer, "host", ""), getattr(host, "port", 0), trusted_proxies=()
-        )
         transport.registerProducer(self, True)
         self._sweeper.track(self)
         self.deadline = self._sweeper.now + self.settings.handshake_timeout
@@ -257,8 +251,8 @@ class TcpFront(Protocol):
             self.readConnectionLost()
         self.release_reading("connecting")
 
-    def backend_failed(self, why: str) -> None:
-        """The backend could not be reached (refused, timed out): the client is closed."""
+    def backend_failed(self, backend: BackendAddress, why: str) -> None:
+        """``backend`` could not be reached (refused, timed out): the client is closed."""
         self._backend = None
         if self.closing:
             return
@@ -266,7 +260,7 @@ class TcpFront(Protocol):
             "closed a tcp connection from {client}: the backend {backend} could not be "
             "reached ({why})",
             client=self.client_address(),
-            backend=self.settings.backend.url,
+            backend=backend.url,  # the one dialled: --route may have chosen another
             why=why,
         )
         self.close()

@@ -11,7 +11,7 @@ import pytest
 
 from .backend import Backend, BackendStarter
 from .pki import Issued, issue, write_pair
-from .proxyprocess import ProxyFactory, ProxyProcess
+from .proxyprocess import ProxyFactory, ProxyProcess, free_port
 
 
 class Sites:
@@ -154,3 +154,20 @@ def test_route_mistakes_are_one_line_errors(proxy_factory: ProxyFactory, tmp_pat
         finished = run_to_exit(["--backend", "http://127.0.0.1:1", "--route", rule], cwd=tmp_path)
         assert finished.returncode != 0
         assert any(expected in line for line in finished.error_lines()), finished.output
+
+
+def test_tcp_mode_names_the_routed_backend_it_could_not_reach(
+    proxy_factory: ProxyFactory, sites: Sites, backend: Backend
+) -> None:
+    """The log line for an unreachable backend names the one --route chose, not --backend."""
+    closed = f"tcp://127.0.0.1:{free_port()}"
+    proxy = proxy_factory(
+        *sites.args,
+        *("--mode", "tcp", "--backend", f"tcp://127.0.0.1:{backend.port}"),
+        *("--route", f"app.test={closed}"),
+    )
+    with pytest.raises((ssl.SSLError, OSError, IndexError)):
+        _request(proxy, sites.ca_path, "app.test", "anything")
+    line = proxy.wait_for_output(r"the backend (\S+) could not be reached")
+    assert line is not None, proxy.output()
+    assert line.group(1) == closed

@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 
 from tests.unit.harness import MemoryTransport, Proxy, address
 from tlsproxy import proxyproto
+from tlsproxy.http.h1 import H1Connection
 from tlsproxy.listen import FrontFactory, memory_tls_factory
 from tlsproxy.proxyheader import ProxyHeaderFactory, ProxyHeaderReceiver, with_proxy_header
 
@@ -187,5 +188,6 @@ def test_bytes_after_the_header_reach_real_tls() -> None:
     answer = transport.take()
     assert answer[:1] in (b"\x15", b"\x16")  # a TLS record (alert or handshake), not silence
     [connection] = front.connections
+    assert isinstance(connection, H1Connection)
     assert connection.client is not None
     assert connection.client.address == b"192.168.0.1"  # what X-Forwarded-For will say

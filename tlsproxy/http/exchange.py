@@ -230,7 +230,7 @@ class Exchange:
             self._pool.release(connection)
         else:
             connection.abort()
-        self.front.send_end(clean_trailers(trailers) if trailers else trailers)
+        self.front.send_end(clean_trailers(trailers))
         self.front.exchange_ended(self)
 
     def backend_failed(self, why: str) -> None:

@@ -393,7 +393,7 @@ class H1Connection(Protocol):
             return
         self._phase = READ
         if self._exchange is not None:
-            trailers = clean_trailers(self._trailers) if self._trailers else self._trailers
+            trailers = clean_trailers(self._trailers)
             self._exchange.request_complete(trailers)
 
     def _queue(self, callback: Callable[..., None], args: tuple[Any, ...]) -> None:

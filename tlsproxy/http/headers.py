@@ -379,6 +379,8 @@ def _forwarding_lines(
 
 def clean_trailers(trailers: Sequence[Header]) -> list[Header]:
     """The trailer fields that may pass: none that frames, routes, authenticates or controls."""
+    if not trailers:  # nearly always: no list to build
+        return []
     return [(n, v) for n, v in trailers if n.lower() not in _NOT_IN_TRAILERS]
 
 

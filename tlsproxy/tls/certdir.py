@@ -28,19 +28,15 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.hazmat.primitives import hashes
 
 from tlsproxy.tls import pemfile
+from tlsproxy.tls.certstore import public_der
 
 __all__ = ["ScannedPair", "pem_files", "scan"]
 
 _SUFFIXES = frozenset({".pem", ".crt", ".cer", ".key"})
 MAX_FILE_BYTES = 1024 * 1024  # a PEM chain is a few KiB; a file larger than this is no pair
-_CERT_LABEL = b"CERTIFICATE"
-_KEY_LABELS = frozenset(
-    {b"PRIVATE KEY", b"ENCRYPTED PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY"}
-)
 
 
 @dataclass(frozen=True)
@@ -124,13 +120,13 @@ def _pairs_in_folder(
             certs[fingerprint] = cert
     found = {}
     for fingerprint, cert in certs.items():
-        key_path = keys.get(_public(cert.leaf))
+        key_path = keys.get(public_der(cert.leaf))
         if key_path is None:
             warnings.append(f"{cert.path}: no key in its folder matches it; not served")
         else:
             found[fingerprint] = (cert, ScannedPair(cert.path, key_path))
     for ca in cas:
-        if _public(ca.leaf) in keys:
+        if public_der(ca.leaf) in keys:
             warnings.append(
                 f"{ca.path}: a CA certificate (it may sign certificates), not served; give it "
                 "with --cert to serve it anyway"
@@ -163,10 +159,10 @@ def _blocks(path: Path) -> list[tuple[bytes, bytes]]:
 
 def _key(path: Path, blocks: list[tuple[bytes, bytes]], passphrase: bytes | None) -> bytes | None:
     """The public key (DER) of the private key in ``blocks``, if it holds one."""
-    if not {label for label, _ in blocks} & _KEY_LABELS:
+    if not {label for label, _ in blocks} & pemfile.KEY_LABELS:
         return None
     try:
-        return _public(pemfile.private_key(path, blocks, path, passphrase=passphrase))
+        return public_der(pemfile.private_key(path, blocks, path, passphrase=passphrase))
     except pemfile.CertificateError as e:
         if pemfile.is_encrypted(blocks):  # the passphrase is wrong or missing: say so, stop
             raise
@@ -174,12 +170,12 @@ def _key(path: Path, blocks: list[tuple[bytes, bytes]], passphrase: bytes | None
 
 
 def _certificate(path: Path, blocks: list[tuple[bytes, bytes]]) -> _CertFile | None:
-    if _CERT_LABEL not in {label for label, _ in blocks}:
+    if not {label for label, _ in blocks} & pemfile.CERT_LABELS:
         return None
     try:
         chain = pemfile.certificates(path, blocks, path, blocks)
         _is_ca(chain[0])
-        _public(chain[0])
+        public_der(chain[0])
     except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension) as e:
         raise _Unusable(f"not a certificate tlsproxy can use ({e})") from None
     return _CertFile(path, chain[0], len(chain))
@@ -220,10 +216,3 @@ def _is_ca(certificate: x509.Certificate) -> bool:
     except x509.ExtensionNotFound:
         return False
     return bool(ca) and certificate.issuer != certificate.subject
-
-
-def _public(holder: x509.Certificate | CertificateIssuerPrivateKeyTypes) -> bytes:
-    der: bytes = holder.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return der

@@ -41,6 +41,7 @@ __all__ = [
     "load_certificate",
     "names_missing",
     "parse_ip",
+    "public_der",
 ]
 
 MIN_RSA_BITS = 2048
@@ -208,7 +209,8 @@ def _san_names(
 # --- checks ----------------------------------------------------------------------------------
 
 
-def _public_der(key: CertificateIssuerPrivateKeyTypes | x509.Certificate) -> bytes:
+def public_der(key: CertificateIssuerPrivateKeyTypes | x509.Certificate) -> bytes:
+    """The public key (DER) of a private key or a certificate: what pairs them."""
     return key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -221,10 +223,10 @@ def _matching_index(
     cert_path: Path,
     key_path: Path,
 ) -> int:
-    wanted = _public_der(key)
+    wanted = public_der(key)
     for index, certificate in enumerate(certificates):
         try:
-            if _public_der(certificate) == wanted:
+            if public_der(certificate) == wanted:
                 return index
         except (ValueError, UnsupportedAlgorithm):
             continue

@@ -33,8 +33,8 @@ SELF_SIGNED_RECIPE = (
 )
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----\r?\n?", re.DOTALL)
-_CERT_LABELS = frozenset({b"CERTIFICATE", b"X509 CERTIFICATE", b"TRUSTED CERTIFICATE"})
-_KEY_LABELS = frozenset(
+CERT_LABELS = frozenset({b"CERTIFICATE", b"X509 CERTIFICATE", b"TRUSTED CERTIFICATE"})
+KEY_LABELS = frozenset(
     {
         b"PRIVATE KEY",
         b"ENCRYPTED PRIVATE KEY",
@@ -86,7 +86,7 @@ def is_encrypted(blocks: list[tuple[bytes, bytes]]) -> bool:
     return any(
         label == b"ENCRYPTED PRIVATE KEY" or b"Proc-Type: 4,ENCRYPTED" in block
         for label, block in blocks
-        if label in _KEY_LABELS
+        if label in KEY_LABELS
     )
 
 
@@ -147,7 +147,7 @@ def certificates(
     labels = _labels(cert_blocks)
     certificates = []
     for number, (label, block) in enumerate(cert_blocks, 1):
-        if label not in _CERT_LABELS:
+        if label not in CERT_LABELS:
             continue
         try:
             certificates.append(x509.load_pem_x509_certificate(block))
@@ -163,8 +163,8 @@ def certificates(
             f"{cert_path} holds a certificate signing request (CSR), not a certificate; "
             f"have a CA sign it, or make a self-signed certificate: {SELF_SIGNED_RECIPE}"
         )
-    if labels & _KEY_LABELS:
-        if key_path != cert_path and _labels(key_blocks) & _CERT_LABELS:
+    if labels & KEY_LABELS:
+        if key_path != cert_path and _labels(key_blocks) & CERT_LABELS:
             raise CertificateError(
                 f"--cert {cert_path} holds a private key and --key {key_path} holds a "
                 f"certificate: they are swapped; pass --cert {key_path} --key {cert_path}"
@@ -188,7 +188,7 @@ def private_key(
     passphrase: bytes | None,
 ) -> CertificateIssuerPrivateKeyTypes:
     """The first private key in ``key_blocks``, decrypted; refuses one a TLS server cannot use."""
-    blocks = [(label, block) for label, block in key_blocks if label in _KEY_LABELS]
+    blocks = [(label, block) for label, block in key_blocks if label in KEY_LABELS]
     if not blocks:
         labels = _labels(key_blocks)
         if key_path == cert_path:
@@ -196,7 +196,7 @@ def private_key(
                 f"no private key found in {cert_path}; pass the key file with --key "
                 "(or append the key to the certificate file)"
             )
-        if labels & _CERT_LABELS:
+        if labels & CERT_LABELS:
             raise CertificateError(
                 f"{key_path} holds a certificate, not a private key; "
                 "pass the private key file with --key"
@@ -211,8 +211,8 @@ def private_key(
             f"no private key found in {key_path} (found: {found}); pass the private key "
             "file (-----BEGIN PRIVATE KEY-----) with --key"
         )
-    label, block = blocks[0]
-    encrypted = label == b"ENCRYPTED PRIVATE KEY" or b"Proc-Type: 4,ENCRYPTED" in block
+    block = blocks[0][1]
+    encrypted = is_encrypted(blocks[:1])
     if encrypted and passphrase is None:
         raise CertificateError(
             f"the private key in {key_path} is encrypted; give its passphrase with "

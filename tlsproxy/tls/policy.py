@@ -38,12 +38,6 @@ _SERVER_KEY_TYPES = (
     ed25519.Ed25519PrivateKey,
     ed448.Ed448PrivateKey,
 )
-ServerKey = (
-    rsa.RSAPrivateKey
-    | ec.EllipticCurvePrivateKey
-    | ed25519.Ed25519PrivateKey
-    | ed448.Ed448PrivateKey
-)
 
 HTTP1_ALPN: tuple[bytes, ...] = (b"http/1.1",)
 HTTP2_ALPN: tuple[bytes, ...] = (b"h2", b"http/1.1")
@@ -54,17 +48,15 @@ CIPHER_STRING = (
 )
 
 
-def _checked(
-    certificate: LoadedCertificate, alpn: Sequence[bytes]
-) -> tuple[list[bytes], ServerKey]:
-    """What a context needs first: ALPN with http/1.1 (rule 3) and a key a server can use."""
+def _checked(certificate: LoadedCertificate, alpn: Sequence[bytes]) -> list[str]:
+    """ALPN names, checked to offer http/1.1 (rule 3), for a key a server can use."""
     protocols = list(alpn)
     if b"http/1.1" not in protocols:
         raise ValueError(f"ALPN must offer http/1.1, got {protocols!r}")
     key = certificate.key
     if not isinstance(key, _SERVER_KEY_TYPES):
         raise ValueError(f"no TLS server can use a {type(key).__name__}")  # certstore refuses it
-    return protocols, key
+    return [name.decode("ascii") for name in protocols]
 
 
 CLIENT_AUTH_MODES = ("required", "optional")
@@ -91,7 +83,7 @@ def server_ssl_context(
     """
     if client_auth not in CLIENT_AUTH_MODES:
         raise ValueError(f"client_auth must be 'required' or 'optional', got {client_auth!r}")
-    protocols, _ = _checked(certificate, alpn)
+    protocols = _checked(certificate, alpn)
     context = stdlib_ssl.SSLContext(stdlib_ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = stdlib_ssl.TLSVersion.TLSv1_2
     context.set_ciphers(CIPHER_STRING)
@@ -99,7 +91,7 @@ def server_ssl_context(
         stdlib_ssl.OP_NO_COMPRESSION | stdlib_ssl.OP_NO_TICKET | stdlib_ssl.OP_NO_RENEGOTIATION
     )
     context.num_tickets = 1
-    context.set_alpn_protocols([name.decode("ascii") for name in protocols])
+    context.set_alpn_protocols(protocols)
     # CPython already sets SSL_MODE_RELEASE_BUFFERS (rule 5) and a session ID context.
     _load_chain(context, certificate)
     if client_ca is not None:

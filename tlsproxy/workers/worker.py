@@ -213,7 +213,7 @@ def main(argv: list[str], environ: Mapping[str, str]) -> int:
     globalLogBeginner.beginLoggingTo([LogForwarder(messages)], redirectStandardIO=False)
     options = Options()
     options.parseOptions(argv)  # the supervisor parsed the same: this cannot fail
-    values = {name.replace("-", "_"): value for name, value in options.items()}
+    values = options.config_values()
     log_stream = adopt_access_log(values, inherited)
     try:
         config = build_config(
