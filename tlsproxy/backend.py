@@ -16,15 +16,18 @@ Rules:
 from __future__ import annotations
 
 import errno
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httptools
 from twisted.internet import error as net_error
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IHandshakeListener,
+    IProtocolFactory,
 )
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -306,6 +309,33 @@ class BackendConnection(Protocol):
             return
         self._complete = True
         self._keep_alive = self._parser.should_keep_alive()
+
+
+def dial(
+    reactor: Any,
+    address: BackendAddress,
+    host: str,
+    factory: IProtocolFactory,
+    *,
+    timeout: float,
+    failed: Callable[[Failure], object],
+) -> None:
+    """Connect ``factory`` to ``host`` of ``address``: a socket path, an IP address or a name.
+
+    ``connectTCP``/``connectUNIX`` report a failure to the factory; a host name goes through
+    ``HostnameEndpoint`` (both families), whose failure is handed to ``failed``. Shared by the
+    HTTP pool (:mod:`backendpool`) and raw TCP mode (:mod:`tcpdial`).
+    """
+    if address.socket_path is not None:
+        reactor.connectUNIX(host, factory, timeout=timeout)
+        return
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        endpoint = HostnameEndpoint(reactor, host.encode("idna"), address.port, timeout=timeout)
+        endpoint.connect(factory).addErrback(failed)
+        return
+    reactor.connectTCP(host, address.port, factory, timeout=timeout)
 
 
 def describe_connect_failure(reason: Failure) -> str:

@@ -15,16 +15,14 @@ Rules:
 
 from __future__ import annotations
 
-import ipaddress
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IProtocolFactory, IReactorTCP, IReactorTime, IReactorUNIX
+from twisted.internet.interfaces import IProtocolFactory, IReactorTCP, IReactorTime
 from twisted.internet.protocol import ClientFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from tlsproxy.backend import BackendAddress, BackendConnection, describe_connect_failure
+from tlsproxy.backend import BackendAddress, BackendConnection, describe_connect_failure, dial
 from tlsproxy.tls.client import client_tls, describe_tls_failure
 
 if TYPE_CHECKING:
@@ -142,29 +140,15 @@ class BackendPool:
     def connect(self, exchange: Exchange, hosts: tuple[str, ...]) -> None:
         """Open a new connection for ``exchange``, trying ``hosts`` in order."""
         attempt = _Attempt(self, exchange, hosts)
-        if self.address.socket_path is not None:
-            IReactorUNIX(self._reactor).connectUNIX(
-                hosts[0], attempt, timeout=self._connect_timeout
-            )
-            return
         factory: IProtocolFactory = attempt
         if self._client_tls is not None:
-            # What connectSSL does, but usable with the endpoint below too: one path for both.
+            # What connectSSL does, but usable with an endpoint too: one path for both.
             factory = TLSMemoryBIOFactory(self._client_tls, True, attempt)
-        try:
-            ipaddress.ip_address(hosts[0])
-        except ValueError:  # a host name: let the endpoint resolve it (both families)
-            endpoint = HostnameEndpoint(
-                self._reactor,
-                hosts[0].encode("idna"),
-                self.address.port,
-                timeout=self._connect_timeout,
-            )
-            endpoint.connect(factory).addErrback(attempt.failed)
-            return
-        self._reactor.connectTCP(
+        dial(
+            self._reactor,
+            self.address,
             hosts[0],
-            self.address.port,
-            factory,  # type: ignore[arg-type]
+            factory,
             timeout=self._connect_timeout,
+            failed=attempt.failed,
         )

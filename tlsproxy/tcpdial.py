@@ -3,16 +3,14 @@ plain connection to it, which feeds the front's relay and follows its back-press
 
 from __future__ import annotations
 
-import ipaddress
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tlsproxy.backend import BackendAddress, describe_connect_failure
+from tlsproxy.backend import BackendAddress, describe_connect_failure, dial
 
 if TYPE_CHECKING:
     from tlsproxy.tcpmode import TcpFront
@@ -126,15 +124,12 @@ class _Attempt(ClientFactory):
 def connect(front: TcpFront, address: BackendAddress, hosts: tuple[str, ...]) -> None:
     """Dial ``hosts[0]`` (a socket path, an IP address or a host name) for ``front``."""
     settings = front.settings
-    reactor, timeout = settings.reactor, settings.connect_timeout
     attempt = _Attempt(front, address, hosts)
-    if address.socket_path is not None:
-        reactor.connectUNIX(hosts[0], attempt, timeout=timeout)
-        return
-    try:
-        ipaddress.ip_address(hosts[0])
-    except ValueError:  # a host name: the endpoint resolves it (both families)
-        endpoint = HostnameEndpoint(reactor, hosts[0].encode("idna"), address.port, timeout=timeout)
-        endpoint.connect(attempt).addErrback(attempt.failed)
-        return
-    reactor.connectTCP(hosts[0], address.port, attempt, timeout=timeout)
+    dial(
+        settings.reactor,
+        address,
+        hosts[0],
+        attempt,
+        timeout=settings.connect_timeout,
+        failed=attempt.failed,
+    )
