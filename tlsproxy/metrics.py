@@ -221,10 +221,12 @@ def render(metrics: Metrics, now: float, certificates: Sequence[HasExpiry]) -> s
         le = "+Inf" if bound is None else repr(bound)
         buckets.append((f'_bucket{{le="{le}"}}', cumulative))
     buckets += [("_sum", metrics.duration_sum), ("_count", cumulative)]
-    name = "tlsproxy_request_duration_seconds"
-    lines.append(f"# HELP {name} Time from a complete request head to the response's end.")
-    lines.append(f"# TYPE {name} histogram")
-    lines.extend(f"{name}{suffix} {_number(value)}" for suffix, value in buckets)
+    family(
+        "tlsproxy_request_duration_seconds",
+        "histogram",
+        "Time from a complete request head to the response's end.",
+        buckets,
+    )
     # The fingerprint tells apart two certificates with the same names (SNI: old and new).
     expiries = [
         (

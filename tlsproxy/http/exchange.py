@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from tlsproxy.metrics import Metrics
 
 # Statuses whose responses never have a body, whatever their headers say (RFC 9110 §6.4.1).
-_BODYLESS = frozenset({204, 304})
+_BODYLESS = frozenset({101, 204, 304})  # 101: what follows is the tunnel, not a body
 
 
 class Front(Protocol):
@@ -207,7 +207,7 @@ class Exchange:
             raise ResponseRejected(
                 "answered 101 Switching Protocols without being asked to, or without Upgrade"
             )
-        bodyless = self._head_request or status in _BODYLESS or status == 101
+        bodyless = self._head_request or status in _BODYLESS
         self._close_delimited = not (bodyless or head.chunked or head.content_length is not None)
         self.response_started = True
         self.status = status

@@ -31,7 +31,6 @@ class BackendRequest:
     """An HTTP/2 request head rebuilt for the backend."""
 
     head: bytes  # request line, header lines and framing, ending in the empty line
-    method: bytes
     has_body: bool
     chunked: bool
 
@@ -85,7 +84,6 @@ def backend_request(
         target = backend_target(target, method=method, host=head.host, prefix=prefix)
     return BackendRequest(
         head=b"%s %s HTTP/1.1\r\n%s%s\r\n" % (method, target, head.lines, framing),
-        method=method,
         has_body=has_body,
         chunked=framing[:1] == b"T",
     )

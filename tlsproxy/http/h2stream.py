@@ -115,6 +115,7 @@ class H2Stream:
                 self._target = value
             elif name in (b":authority", b"host") and host is None:
                 host = value
+        self._head_request = self._method == b"HEAD"
         sweeper = settings.sweeper
         self.deadline = sweeper.now + settings.backend_timeout
         sweeper.track(self)
@@ -139,11 +140,9 @@ class H2Stream:
                 status=rejected.status,
                 reason=rejected.reason,
             )
-            self._head_request = self._method == b"HEAD"
             self.send_error(rejected.status, rejected.reason)
             self._log()
             return
-        self._head_request = request.method == b"HEAD"
         self._started = settings.metrics.seconds()
         exchange = Exchange(
             front=self,
